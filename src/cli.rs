@@ -1,0 +1,438 @@
+//! The command line: `serve` and the admin commands. Admin commands open the
+//! same store as the server; a running server notices their changes within
+//! [`crate::server::REFRESH_INTERVAL`].
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use rand::RngCore;
+
+use crate::config::Config;
+use crate::model::{Actor, Kind};
+use crate::store::{NewGroup, NewUser, Store};
+
+/// Portcullis: an identity server. It serves LDAP (with StartTLS and LDAPS)
+/// so Linux hosts log users in through SSSD/PAM, from one store that this
+/// same program administers.
+///
+/// Configuration comes from built-in defaults, then the TOML file given with
+/// --config, then environment variables named PORTCULLIS_<KEY>, with nested
+/// keys joined by a double underscore (PORTCULLIS_LDAP__LISTEN=0.0.0.0:389).
+/// See portcullis.example.toml for every key.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, generated keys); overrides the config's
+    /// data_dir and PORTCULLIS_DATA_DIR. Default: ./portcullis-data
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (LDAP on ldap.listen, LDAPS on ldap.ldaps_listen).
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage groups and memberships.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Manage service accounts: bind-only identities for SSSD and applications.
+    #[command(subcommand, name = "service-account")]
+    ServiceAccount(ServiceCmd),
+    /// Import users, groups and memberships from another directory.
+    #[command(subcommand)]
+    Import(ImportCmd),
+    /// Show the newest audit-log entries.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+/// `user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user; uidNumber is allocated from the configured range.
+    Add(UserAdd),
+    /// Set a user's password, read from standard input.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input (required).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Forbid a user to bind or log in (entries stay visible).
+    Disable { name: String },
+    /// Allow a disabled user again.
+    Enable { name: String },
+    /// Delete a user and their memberships.
+    Del { name: String },
+    /// List users.
+    List,
+    /// Show one user.
+    Show { name: String },
+    /// Add an SSH public key (served as sshPublicKey).
+    AddSshKey { name: String, key: String },
+}
+
+/// Options of `user add`.
+#[derive(Debug, Args)]
+pub struct UserAdd {
+    pub name: String,
+    /// E-mail address.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Display name (cn, gecos); defaults to the login name.
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// Read an initial password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Fixed uidNumber instead of the next free one.
+    #[arg(long)]
+    pub uid_number: Option<i64>,
+    /// Primary group (name); defaults to directory.default_group.
+    #[arg(long)]
+    pub primary_group: Option<String>,
+    /// Login shell; defaults to directory.default_shell.
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// Home directory; defaults to directory.home_base/NAME.
+    #[arg(long)]
+    pub home: Option<String>,
+    /// SSH public key; may be given more than once.
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+}
+
+/// `group …`
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Create a group; gidNumber is allocated from the configured range.
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Fixed gidNumber instead of the next free one.
+        #[arg(long)]
+        gid_number: Option<i64>,
+    },
+    /// Delete a group (its members stay).
+    Del { name: String },
+    /// List groups.
+    List,
+    /// Show one group with its members.
+    Show { name: String },
+    /// Add a user to a group.
+    AddMember { group: String, user: String },
+    /// Remove a user from a group.
+    RemoveMember { group: String, user: String },
+}
+
+/// `service-account …`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service account; binds as cn=NAME,ou=services,BASE.
+    Add {
+        name: String,
+        /// Read the password from standard input (required).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Set a service account's password, read from standard input.
+    Passwd {
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Delete a service account.
+    Del { name: String },
+    /// List service accounts.
+    List,
+}
+
+/// `import …`
+#[derive(Debug, Subcommand)]
+pub enum ImportCmd {
+    /// Import posixAccount users and posixGroup groups from an LDIF export
+    /// (e.g. slapcat), keeping password hashes ({ARGON2}, {SSHA}, {CRYPT}…);
+    /// each is upgraded to argon2id at the user's next successful bind.
+    /// Running it again changes nothing.
+    Ldif {
+        file: PathBuf,
+        /// Report what would be done without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Any failure, phrased for the admin.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    if let Command::Serve = cli.command {
+        return crate::server::run(config).await;
+    }
+    let store = Store::open(&config.database_path())
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let result = admin(&config, &store, cli.command).await;
+    store.close().await;
+    result
+}
+
+async fn admin(config: &Config, store: &Store, command: Command) -> anyhow::Result<()> {
+    let actor = Actor::cli();
+    match command {
+        Command::Serve => unreachable_serve(),
+        Command::User(cmd) => user(config, store, cmd, &actor).await,
+        Command::Group(cmd) => group(config, store, cmd, &actor).await,
+        Command::ServiceAccount(cmd) => service(store, cmd, &actor).await,
+        Command::Import(ImportCmd::Ldif { file, dry_run }) => {
+            let report = crate::import::ldif::import_file(config, store, &file, dry_run, &actor).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Audit { limit } => {
+            for e in store.audit_tail(limit).await? {
+                println!(
+                    "{}  {:<24} {:<24} {:<16} {} {}",
+                    crate::clock::generalized_time(e.at),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.source,
+                    e.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn unreachable_serve() -> anyhow::Result<()> {
+    bail!("serve is handled before the store is opened")
+}
+
+async fn user(config: &Config, store: &Store, cmd: UserCmd, actor: &Actor) -> anyhow::Result<()> {
+    match cmd {
+        UserCmd::Add(a) => {
+            let password_hash = if a.password_stdin { Some(hash_stdin_password()?) } else { None };
+            let mut tx = store.begin().await?;
+            let gid_number = match &a.primary_group {
+                Some(g) => Some(tx.group_gid(g).await?),
+                None => None,
+            };
+            let new = NewUser {
+                name: a.name,
+                email: a.email,
+                display_name: a.display_name,
+                password_hash,
+                uid_number: a.uid_number,
+                gid_number,
+                login_shell: a.shell,
+                home_directory: a.home,
+                ssh_keys: a.ssh_keys,
+            };
+            let user = tx.add_user(new, &config.directory, actor).await?;
+            tx.commit().await?;
+            println!("created user {} (uidNumber {}, gidNumber {})", user.name, user.uid_number, user.gid_number);
+        }
+        UserCmd::Passwd { name, .. } => {
+            let hash = hash_stdin_password()?;
+            let mut tx = store.begin().await?;
+            tx.set_user_password_hash(&name, &hash, actor).await?;
+            tx.commit().await?;
+            println!("password of user {name} changed");
+        }
+        UserCmd::Disable { name } => {
+            let mut tx = store.begin().await?;
+            tx.set_user_disabled(&name, true, actor).await?;
+            tx.commit().await?;
+            println!("user {name} disabled");
+        }
+        UserCmd::Enable { name } => {
+            let mut tx = store.begin().await?;
+            tx.set_user_disabled(&name, false, actor).await?;
+            tx.commit().await?;
+            println!("user {name} enabled");
+        }
+        UserCmd::Del { name } => {
+            let mut tx = store.begin().await?;
+            tx.delete_user(&name, actor).await?;
+            tx.commit().await?;
+            println!("user {name} deleted");
+        }
+        UserCmd::List => {
+            let data = store.load_directory().await?;
+            println!("{:<32} {:>10} {:>10} {:<8} EMAIL", "NAME", "UID", "GID", "STATE");
+            for u in data.users {
+                let state = if u.disabled { "disabled" } else { "active" };
+                println!(
+                    "{:<32} {:>10} {:>10} {:<8} {}",
+                    u.name,
+                    u.uid_number,
+                    u.gid_number,
+                    state,
+                    u.email.unwrap_or_default()
+                );
+            }
+        }
+        UserCmd::Show { name } => {
+            let Some(u) = store.user(&name).await? else { bail!("{} {name:?} does not exist", Kind::User) };
+            let data = store.load_directory().await?;
+            let groups: Vec<&str> =
+                data.groups.iter().filter(|g| g.member_ids.contains(&u.id)).map(|g| g.name.as_str()).collect();
+            println!("name:           {}", u.name);
+            println!("id:             {}", u.id);
+            println!("uidNumber:      {}", u.uid_number);
+            println!("gidNumber:      {}", u.gid_number);
+            println!("display name:   {}", u.display_name);
+            println!("email:          {}", u.email.unwrap_or_default());
+            println!("shell:          {}", u.login_shell);
+            println!("home:           {}", u.home_directory);
+            println!("state:          {}", if u.disabled { "disabled" } else { "active" });
+            println!("password:       {}", password_state(u.password_hash.as_deref()));
+            println!("groups:         {}", groups.join(", "));
+            for k in u.ssh_keys {
+                println!("ssh key:        {k}");
+            }
+        }
+        UserCmd::AddSshKey { name, key } => {
+            let mut tx = store.begin().await?;
+            tx.add_ssh_key(&name, &key, actor).await?;
+            tx.commit().await?;
+            println!("SSH key added to user {name}");
+        }
+    }
+    Ok(())
+}
+
+fn password_state(hash: Option<&str>) -> &'static str {
+    match hash {
+        None => "not set",
+        Some(h) if h.starts_with("$argon2id$") => "set (argon2id)",
+        Some(_) => "set (imported hash; upgraded to argon2id at next bind)",
+    }
+}
+
+async fn group(config: &Config, store: &Store, cmd: GroupCmd, actor: &Actor) -> anyhow::Result<()> {
+    match cmd {
+        GroupCmd::Add { name, description, gid_number } => {
+            let mut tx = store.begin().await?;
+            let gid = tx.add_group(NewGroup { name: name.clone(), description, gid_number }, &config.directory, actor).await?;
+            tx.commit().await?;
+            println!("created group {name} (gidNumber {gid})");
+        }
+        GroupCmd::Del { name } => {
+            let mut tx = store.begin().await?;
+            tx.delete_group(&name, actor).await?;
+            tx.commit().await?;
+            println!("group {name} deleted");
+        }
+        GroupCmd::List => {
+            let data = store.load_directory().await?;
+            println!("{:<32} {:>10} {:>8} DESCRIPTION", "NAME", "GID", "MEMBERS");
+            for g in data.groups {
+                println!("{:<32} {:>10} {:>8} {}", g.name, g.gid_number, g.member_ids.len(), g.description);
+            }
+        }
+        GroupCmd::Show { name } => {
+            let data = store.load_directory().await?;
+            let Some(g) = data.groups.iter().find(|g| g.name == name) else {
+                bail!("{} {name:?} does not exist", Kind::Group)
+            };
+            let members: Vec<&str> = data
+                .users
+                .iter()
+                .filter(|u| g.member_ids.contains(&u.id))
+                .map(|u| u.name.as_str())
+                .collect();
+            println!("name:           {}", g.name);
+            println!("gidNumber:      {}", g.gid_number);
+            println!("description:    {}", g.description);
+            println!("members:        {}", members.join(", "));
+        }
+        GroupCmd::AddMember { group, user } => {
+            let mut tx = store.begin().await?;
+            tx.add_member(&group, &user, actor).await?;
+            tx.commit().await?;
+            println!("added {user} to {group}");
+        }
+        GroupCmd::RemoveMember { group, user } => {
+            let mut tx = store.begin().await?;
+            tx.remove_member(&group, &user, actor).await?;
+            tx.commit().await?;
+            println!("removed {user} from {group}");
+        }
+    }
+    Ok(())
+}
+
+async fn service(store: &Store, cmd: ServiceCmd, actor: &Actor) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCmd::Add { name, .. } => {
+            let hash = hash_stdin_password()?;
+            let mut tx = store.begin().await?;
+            tx.add_service_account(&name, &hash, actor).await?;
+            tx.commit().await?;
+            println!("created service account {name}");
+        }
+        ServiceCmd::Passwd { name, .. } => {
+            let hash = hash_stdin_password()?;
+            let mut tx = store.begin().await?;
+            tx.set_service_account_password_hash(&name, &hash, actor).await?;
+            tx.commit().await?;
+            println!("password of service account {name} changed");
+        }
+        ServiceCmd::Del { name } => {
+            let mut tx = store.begin().await?;
+            tx.delete_service_account(&name, actor).await?;
+            tx.commit().await?;
+            println!("service account {name} deleted");
+        }
+        ServiceCmd::List => {
+            let data = store.load_directory().await?;
+            for s in data.service_accounts {
+                println!("{}{}", s.name, if s.disabled { " (disabled)" } else { "" });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one password line from standard input and hashes it with argon2id.
+fn hash_stdin_password() -> anyhow::Result<String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(crate::auth::password::MAX_PASSWORD_LEN as u64 + 2)
+        .read_to_string(&mut input)
+        .context("cannot read the password from standard input")?;
+    let password = input.lines().next().unwrap_or("");
+    crate::identity::check_new_password(password).map_err(anyhow::Error::msg)?;
+    crate::auth::password::hash_password(password).map_err(anyhow::Error::msg)
+}
+
+/// A random 24-character password for bootstrap credentials.
+pub fn random_password() -> String {
+    let mut bytes = [0u8; 18];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

@@ -1,0 +1,196 @@
+//! Configuration: defaults, overridden by a TOML file, overridden by
+//! `PORTCULLIS_…` environment variables (nested keys joined with `__`, e.g.
+//! `PORTCULLIS_LDAP__LISTEN`). Loading never touches the network or the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite database, generated keys and certificates live.
+    pub data_dir: PathBuf,
+    pub ldap: LdapConfig,
+    pub directory: DirectoryConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// LDAP listener settings and the limits that keep one client from hurting others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LdapConfig {
+    /// Plain LDAP with StartTLS.
+    pub listen: SocketAddr,
+    /// LDAP over TLS from the first byte; `None` disables it.
+    pub ldaps_listen: Option<SocketAddr>,
+    /// Suffix of every entry, e.g. `dc=example,dc=org`.
+    pub base_dn: String,
+    /// Largest accepted LDAP message; larger ones close the connection.
+    pub max_message_bytes: usize,
+    /// Deepest accepted BER nesting (bounds filter depth).
+    pub max_ber_depth: usize,
+    /// Connections served at once; further clients wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Connections one source address may hold at once.
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may sit without sending a request.
+    pub idle_timeout_secs: u64,
+    /// Seconds within which a started message must arrive completely.
+    pub read_timeout_secs: u64,
+    /// Most entries a search without the paged-results control may return.
+    pub max_unpaged_results: usize,
+    /// Open paged-search cursors one connection may hold.
+    pub max_paged_cursors: usize,
+    /// Refuse password binds without TLS (StartTLS or LDAPS); loopback peers are exempt.
+    pub bind_requires_tls: bool,
+}
+
+/// How POSIX identities are allocated and shaped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// First uidNumber/gidNumber handed out (never 0, never reused).
+    pub id_range_start: i64,
+    /// Last uidNumber/gidNumber handed out.
+    pub id_range_end: i64,
+    /// Login shell of new users.
+    pub default_shell: String,
+    /// Home directories are `HOME_BASE/NAME`.
+    pub home_base: String,
+    /// Primary group of new users; created on first start.
+    pub default_group: String,
+}
+
+/// Password checking and brute-force protection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Failed binds after which an account is locked.
+    pub max_failures: u32,
+    /// Seconds an account stays locked.
+    pub lockout_secs: u64,
+    /// Failed binds from one address (any account) before it is locked out.
+    pub source_max_failures: u32,
+    /// Seconds an address stays locked out.
+    pub source_lockout_secs: u64,
+    /// Password hashes computed at once; 0 means one per CPU core.
+    pub hash_concurrency: usize,
+}
+
+/// TLS material. Without files, a CA and server certificate are generated
+/// in `DATA_DIR/tls/` on first start and reused afterwards.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key_file`, replaces the generated one.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Names and addresses the generated certificate is valid for.
+    pub hostnames: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./portcullis-data"),
+            ldap: LdapConfig::default(),
+            directory: DirectoryConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3890)),
+            ldaps_listen: Some(SocketAddr::from(([0, 0, 0, 0], 6360))),
+            base_dn: "dc=example,dc=org".into(),
+            max_message_bytes: 256 * 1024,
+            max_ber_depth: 64,
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
+            idle_timeout_secs: 300,
+            read_timeout_secs: 30,
+            max_unpaged_results: 50_000,
+            max_paged_cursors: 8,
+            bind_requires_tls: true,
+        }
+    }
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            id_range_start: 10_000,
+            id_range_end: 60_000,
+            default_shell: "/bin/bash".into(),
+            home_base: "/home".into(),
+            default_group: "domain-users".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            lockout_secs: 300,
+            source_max_failures: 50,
+            source_lockout_secs: 300,
+            hash_concurrency: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, an unknown key, or a value of
+    /// the wrong type.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("PORTCULLIS_").split("__"));
+        let config: Config = figment.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let d = &self.directory;
+        if d.id_range_start < 1 || d.id_range_end < d.id_range_start {
+            anyhow::bail!(
+                "directory.id_range_start..id_range_end must be a non-empty range above 0"
+            );
+        }
+        if self.ldap.max_message_bytes < 1024 {
+            anyhow::bail!("ldap.max_message_bytes must be at least 1024");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            anyhow::bail!("tls.cert_file and tls.key_file must be given together");
+        }
+        crate::directory::dn::Dn::parse(&self.ldap.base_dn)
+            .map_err(|e| anyhow::anyhow!("ldap.base_dn is not a valid DN: {e}"))?;
+        Ok(())
+    }
+
+    /// Path of the SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("portcullis.db")
+    }
+}

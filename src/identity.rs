@@ -1,0 +1,176 @@
+//! The identity service: the one place that joins the store, the directory
+//! snapshot, password checking and lockout. Protocol front ends (LDAP now,
+//! HTTP later) call it; it never names a protocol type.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::auth::{Hasher, Lockout, LockoutPolicy, Verdict};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::directory::{Account, AccountKind, Directory, Snapshot, dn};
+use crate::model::Actor;
+use crate::store::{Store, StoreError, StoreResult};
+
+/// Why a bind failed. Clients only ever see "invalid credentials"; this is for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindFailure {
+    UnknownDn,
+    Locked,
+    Disabled,
+    NoPassword,
+    WrongPassword,
+}
+
+/// Shared state of a running server or CLI invocation.
+pub struct Identity {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub directory: Directory,
+    pub hasher: Hasher,
+    pub lockout: Lockout,
+    pub clock: SharedClock,
+    /// Verified against when the DN is unknown, so timing does not reveal which accounts exist.
+    dummy_hash: String,
+}
+
+impl Identity {
+    /// Opens the store and builds the first snapshot.
+    ///
+    /// # Errors
+    /// The store cannot be opened or read.
+    pub async fn open(config: Arc<Config>, store: Store, clock: SharedClock) -> StoreResult<Arc<Self>> {
+        let data = store.load_directory().await?;
+        let snapshot = Snapshot::build(&data, &config.ldap.base_dn);
+        let hasher = Hasher::new(config.auth.hash_concurrency);
+        let dummy_hash = hasher.hash("portcullis-dummy-password".into()).await.map_err(StoreError::Invalid)?;
+        let a = &config.auth;
+        let lockout = Lockout::new(LockoutPolicy {
+            account_max_failures: a.max_failures.max(1),
+            account_lock_secs: i64::try_from(a.lockout_secs).unwrap_or(i64::MAX),
+            source_max_failures: a.source_max_failures.max(1),
+            source_lock_secs: i64::try_from(a.source_lockout_secs).unwrap_or(i64::MAX),
+        });
+        Ok(Arc::new(Self {
+            directory: Directory::new(snapshot),
+            config,
+            store,
+            hasher,
+            lockout,
+            clock,
+            dummy_hash,
+        }))
+    }
+
+    /// Rebuilds the snapshot if the store changed since it was built.
+    ///
+    /// # Errors
+    /// The store cannot be read; the old snapshot stays in force.
+    pub async fn reload_if_changed(&self) -> StoreResult<bool> {
+        let current = self.directory.load().generation;
+        if self.store.generation().await? == current {
+            return Ok(false);
+        }
+        self.reload().await?;
+        Ok(true)
+    }
+
+    /// Rebuilds the snapshot from the store unconditionally.
+    ///
+    /// # Errors
+    /// The store cannot be read; the old snapshot stays in force.
+    pub async fn reload(&self) -> StoreResult<()> {
+        let data = self.store.load_directory().await?;
+        let base = self.config.ldap.base_dn.clone();
+        let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(&data, &base))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("snapshot build failed: {e}")))?;
+        self.directory.replace(snapshot);
+        Ok(())
+    }
+
+    /// Checks a simple bind. On success with an imported hash, the password
+    /// is re-hashed to argon2id and stored.
+    ///
+    /// # Errors
+    /// Why the bind failed (for logs; the client sees invalid credentials).
+    pub async fn bind(&self, bind_dn: &str, password: &str, source: Option<IpAddr>) -> Result<Account, BindFailure> {
+        let now = self.clock.now();
+        let ndn = dn::normalize(bind_dn).unwrap_or_default();
+        let account = self.directory.load().account(&ndn).cloned();
+        if self.lockout.is_locked(&ndn, source, now) {
+            return Err(BindFailure::Locked);
+        }
+        let Some(account) = account else {
+            self.hasher.verify(self.dummy_hash.clone(), password.to_string()).await;
+            self.lockout.record_failure(&ndn, source, now);
+            return Err(BindFailure::UnknownDn);
+        };
+        if account.disabled {
+            return Err(BindFailure::Disabled);
+        }
+        let Some(stored) = account.password_hash.clone() else {
+            return Err(BindFailure::NoPassword);
+        };
+        match self.hasher.verify(stored.clone(), password.to_string()).await {
+            Verdict::Mismatch => {
+                self.lockout.record_failure(&ndn, source, self.clock.now());
+                Err(BindFailure::WrongPassword)
+            }
+            verdict => {
+                self.lockout.record_success(&ndn);
+                if verdict == Verdict::MatchNeedsRehash && account.kind == AccountKind::User {
+                    if let Err(e) = self.rehash(&account.name, &stored, password).await {
+                        tracing::warn!(user = %account.name, error = %e, "could not upgrade password hash");
+                    }
+                }
+                Ok(account)
+            }
+        }
+    }
+
+    async fn rehash(&self, user: &str, old: &str, password: &str) -> StoreResult<()> {
+        let new = self.hasher.hash(password.to_string()).await.map_err(StoreError::Invalid)?;
+        let mut tx = self.store.begin().await?;
+        let changed = tx.upgrade_user_password_hash(user, old, &new).await?;
+        tx.commit().await?;
+        if changed {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the password of `account` (hashing it first) and reloads.
+    ///
+    /// # Errors
+    /// The password is unacceptable or the store fails.
+    pub async fn set_password(&self, account: &Account, password: &str, actor: &Actor) -> StoreResult<()> {
+        check_new_password(password).map_err(StoreError::Invalid)?;
+        let hash = self.hasher.hash(password.to_string()).await.map_err(StoreError::Invalid)?;
+        let mut tx = self.store.begin().await?;
+        match account.kind {
+            AccountKind::User => tx.set_user_password_hash(&account.name, &hash, actor).await?,
+            AccountKind::Service => tx.set_service_account_password_hash(&account.name, &hash, actor).await?,
+        }
+        tx.commit().await?;
+        self.reload().await
+    }
+}
+
+/// Shortest password accepted for new passwords.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+/// Checks a new password's length.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn check_new_password(password: &str) -> Result<(), String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_LEN || password.len() > crate::auth::password::MAX_PASSWORD_LEN {
+        return Err(format!(
+            "password must be {MIN_PASSWORD_LEN} to {} bytes long",
+            crate::auth::password::MAX_PASSWORD_LEN
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Importing identities from other directories.
+
+pub mod ldif;

@@ -1,0 +1,15 @@
+//! Portcullis: one program that owns the directory and answers LDAP for
+//! SSSD/PAM logins. See ARCHITECTURE.md for the codemap and invariants.
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod directory;
+pub mod identity;
+pub mod import;
+pub mod ldap;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod tls;

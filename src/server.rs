@@ -1,0 +1,140 @@
+//! `portcullis serve`: bootstrap on first start, then run the LDAP listeners
+//! and the directory refresher until SIGTERM or ctrl-c.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::ldap::{LdapServer, Listeners};
+use crate::model::Actor;
+use crate::store::Store;
+
+/// How often the server checks the store for changes made by the CLI or
+/// another process.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Name of the service account created with a printed password on first start.
+pub const BOOTSTRAP_ACCOUNT: &str = "admin";
+
+/// Runs the server until a shutdown signal.
+///
+/// # Errors
+/// The store cannot be opened, TLS material is invalid, or a port cannot be bound.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.database_path())
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    bootstrap(&config, &store).await?;
+    let tls = crate::tls::server_config(&config)?;
+    let identity = Identity::open(Arc::clone(&config), store, Arc::new(SystemClock)).await?;
+
+    let ldap = TcpListener::bind(config.ldap.listen)
+        .await
+        .with_context(|| format!("cannot listen for LDAP on {}", config.ldap.listen))?;
+    let ldaps = match config.ldap.ldaps_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen for LDAPS on {addr}"))?),
+        None => None,
+    };
+    tracing::info!(
+        ldap = %ldap.local_addr()?,
+        ldaps = ?ldaps.as_ref().and_then(|l| l.local_addr().ok()),
+        base = %config.ldap.base_dn,
+        users = identity.directory.load().user_count(),
+        "portcullis is serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let refresher = tokio::spawn(refresh(Arc::clone(&identity), stop_rx.clone()));
+    let server = LdapServer::new(Arc::clone(&identity), tls);
+    let serving = tokio::spawn(server.serve(Listeners { ldap, ldaps }, stop_rx));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
+    let _ = refresher.await;
+    identity.store.close().await;
+    Ok(())
+}
+
+/// Polls the store's generation and rebuilds the snapshot when it moved.
+async fn refresh(identity: Arc<Identity>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        match identity.reload_if_changed().await {
+            Ok(true) => tracing::debug!(generation = identity.directory.load().generation, "directory reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "directory reload failed; serving the previous snapshot"),
+        }
+    }
+}
+
+/// On an empty store: creates the default group and an `admin` service
+/// account whose password is printed once, on stderr, and never stored in clear.
+async fn bootstrap(config: &Config, store: &Store) -> anyhow::Result<()> {
+    if store.setting("bootstrapped").await?.is_some() {
+        return Ok(());
+    }
+    let password = crate::cli::random_password();
+    let hash = crate::auth::password::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let actor = Actor::system();
+    let mut tx = store.begin().await?;
+    if !tx.exists(crate::model::Kind::Group, &config.directory.default_group).await? {
+        let group = crate::store::NewGroup {
+            name: config.directory.default_group.clone(),
+            description: "Default primary group of Portcullis users".into(),
+            gid_number: None,
+        };
+        tx.add_group(group, &config.directory, &actor).await?;
+    }
+    let created = !tx.exists(crate::model::Kind::ServiceAccount, BOOTSTRAP_ACCOUNT).await?;
+    if created {
+        tx.add_service_account(BOOTSTRAP_ACCOUNT, &hash, &actor).await?;
+    }
+    tx.set_setting("bootstrapped", "1").await?;
+    tx.commit().await?;
+    if created {
+        eprintln!(
+            "\n=== Portcullis first start ===\n\
+             Bootstrap admin bind DN: cn={BOOTSTRAP_ACCOUNT},ou=services,{}\n\
+             Bootstrap admin password (shown once): {password}\n\
+             Change it with: portcullis service-account passwd {BOOTSTRAP_ACCOUNT} --password-stdin\n",
+            config.ldap.base_dn
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,1 @@
+//! OpenLDAP's command-line clients against Portcullis over StartTLS and LDAPS.
