@@ -3,4 +3,7 @@
 //! its users run (ldap-utils, SSSD, pamtester, sshd).
 
 mod common;
+mod import;
 mod ldap_utils;
+mod robustness;
+mod sssd;
