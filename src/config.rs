@@ -165,7 +165,8 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("PORTCULLIS_").split("__"));
+        // PORTCULLIS_LOG and PORTCULLIS_CONFIG are read by main and clap, not here.
+        figment = figment.merge(Env::prefixed("PORTCULLIS_").ignore(&["log", "config"]).split("__"));
         let config: Config = figment.extract()?;
         config.validate()?;
         Ok(config)

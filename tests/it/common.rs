@@ -163,6 +163,12 @@ impl TestServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until the server has picked up every CLI change made so far
+    /// (it polls the store every 250 ms and promises changes within 1 s).
+    pub fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+
     /// Creates a user with a password.
     pub fn add_user(&self, name: &str, password: &str) {
         self.cli(&["user", "add", name, "--email", &format!("{name}@example.org"), "--password-stdin"], Some(&format!("{password}\n")));

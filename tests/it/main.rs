@@ -2,6 +2,8 @@
 //! starts real processes: the `portcullis` binary, and the real clients that
 //! its users run (ldap-utils, SSSD, pamtester, sshd).
 
+
+#![allow(unreachable_pub, reason = "items are shared between test modules of one binary")]
 mod common;
 mod import;
 mod ldap_utils;

@@ -20,8 +20,12 @@ pub async fn apply(session: &mut Session, msgid: i32, req: &LdapExtendedRequest)
         Ok(generated) => (success(), generated),
         Err(res) => (res, None),
     };
-    let mut ext: ldap3_proto::proto::LdapExtendedResponse = LdapPasswordModifyResponse { res, gen_password }.into();
-    ext.name = None;
+    // Send a response value only when it carries a generated password:
+    // ldappasswd cannot parse an empty PasswdModifyResponseValue.
+    let ext = match gen_password {
+        Some(p) => LdapPasswordModifyResponse { res, gen_password: Some(p) }.into(),
+        None => ldap3_proto::proto::LdapExtendedResponse { res, name: None, value: None },
+    };
     LdapMsg::new(msgid, LdapOp::ExtendedResponse(ext))
 }
 

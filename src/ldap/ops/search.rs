@@ -124,8 +124,8 @@ pub fn apply(session: &mut Session, msgid: i32, req: LdapSearchRequest, paged: O
 /// Positions of the entries in scope that the caller may read and the filter matches.
 fn matching(session: &Session, snap: &Snapshot, req: &LdapSearchRequest, base: &str) -> Result<Vec<u32>, LdapResult> {
     let under_us = base.is_empty() || base == snap.base_ndn || base.ends_with(&format!(",{}", snap.base_ndn));
-    let base_readable = base.is_empty() || snap.by_ndn(base).is_some_and(|(_, e)| session.can_read(e));
-    if !under_us || (!base_readable && session.bound.is_some()) {
+    let base_exists = base.is_empty() || snap.by_ndn(base).is_some();
+    if !under_us || (!base_exists && session.bound.is_some()) {
         let mut res = result(LdapResultCode::NoSuchObject, "no such entry");
         if under_us {
             res.matcheddn = snap.entries.first().map(|e| e.dn.clone()).unwrap_or_default();
