@@ -195,3 +195,31 @@ impl Config {
         self.data_dir.join("portcullis.db")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_valid_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("portcullis.example.toml");
+        let from_file: Config = Figment::from(Toml::file(&path)).extract().unwrap();
+        let defaults = Config::default();
+        assert_eq!(toml_of(&from_file), toml_of(&defaults), "example file must document the defaults");
+    }
+
+    fn toml_of(c: &Config) -> String {
+        format!("{c:?}")
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[ldap]\nlisen = \"0.0.0.0:1\"\n").unwrap();
+        assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("lisen"));
+        std::fs::write(&file, "[ldap]\nbase_dn = \"not a dn\"\n").unwrap();
+        assert!(Config::load(Some(&file)).is_err());
+        assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+}

@@ -12,14 +12,13 @@ use crate::common::{BASE, TestServer, service_dn, user_dn, wait_until};
 fn ldap(server: &TestServer, tool: &str, args: &[&str]) -> Output {
     crate::common::require_tool(tool);
     let ca = server.ca_path();
-    let out = std::process::Command::new(tool)
+    std::process::Command::new(tool)
         .args(args)
         .env("LDAPTLS_CACERT", &ca)
         .env("LDAPTLS_REQCERT", "demand")
         .stdin(std::process::Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
 }
 
 fn stdout(o: &Output) -> String {
