@@ -51,15 +51,7 @@ impl Identity {
             source_max_failures: a.source_max_failures.max(1),
             source_lock_secs: i64::try_from(a.source_lockout_secs).unwrap_or(i64::MAX),
         });
-        Ok(Arc::new(Self {
-            directory: Directory::new(snapshot),
-            config,
-            store,
-            hasher,
-            lockout,
-            clock,
-            dummy_hash,
-        }))
+        Ok(Arc::new(Self { directory: Directory::new(snapshot), config, store, hasher, lockout, clock, dummy_hash }))
     }
 
     /// Rebuilds the snapshot if the store changed since it was built.
@@ -173,4 +165,83 @@ pub fn check_new_password(password: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::NewUser;
+
+    async fn identity(clock: ManualClock) -> Arc<Identity> {
+        let mut config = Config::default();
+        config.auth.max_failures = 3;
+        config.auth.lockout_secs = 60;
+        let store = Store::open_in_memory().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let hash = crate::auth::password::hash_password("right-password").unwrap();
+        let new = NewUser { name: "alice".into(), password_hash: Some(hash), ..Default::default() };
+        tx.add_user(new, &config.directory, &Actor::system()).await.unwrap();
+        let ssha = {
+            use base64::Engine;
+            use sha1::{Digest, Sha1};
+            let mut raw = Sha1::digest(b"old-secretsalt").to_vec();
+            raw.extend_from_slice(b"salt");
+            format!("{{SSHA}}{}", base64::engine::general_purpose::STANDARD.encode(raw))
+        };
+        let new = NewUser { name: "imported".into(), password_hash: Some(ssha), ..Default::default() };
+        tx.add_user(new, &config.directory, &Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        Identity::open(Arc::new(config), store, Arc::new(clock)).await.unwrap()
+    }
+
+    const ALICE: &str = "uid=alice,ou=people,dc=example,dc=org";
+
+    #[tokio::test]
+    async fn lockout_follows_the_injected_clock() {
+        let clock = ManualClock::new(1_000);
+        let id = identity(clock.clone()).await;
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        assert!(id.bind(ALICE, "right-password", Some(ip)).await.is_ok());
+        for _ in 0..3 {
+            assert_eq!(id.bind(ALICE, "wrong", Some(ip)).await.unwrap_err(), BindFailure::WrongPassword);
+        }
+        // Locked: even the right password fails, from any address, and DN spelling does not matter.
+        assert_eq!(
+            id.bind("UID=Alice, OU=People,DC=example,DC=org", "right-password", None).await.unwrap_err(),
+            BindFailure::Locked
+        );
+        clock.advance(59);
+        assert_eq!(id.bind(ALICE, "right-password", None).await.unwrap_err(), BindFailure::Locked);
+        clock.advance(2);
+        assert!(id.bind(ALICE, "right-password", None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn disabled_unknown_and_empty() {
+        let id = identity(ManualClock::new(0)).await;
+        assert_eq!(
+            id.bind("uid=nobody,ou=people,dc=example,dc=org", "x", None).await.unwrap_err(),
+            BindFailure::UnknownDn
+        );
+        let mut tx = id.store.begin().await.unwrap();
+        tx.set_user_disabled("alice", true, &Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(id.reload_if_changed().await.unwrap());
+        assert_eq!(id.bind(ALICE, "right-password", None).await.unwrap_err(), BindFailure::Disabled);
+        assert!(!id.reload_if_changed().await.unwrap(), "no change, no reload");
+    }
+
+    #[tokio::test]
+    async fn imported_hash_is_upgraded_on_bind() {
+        let id = identity(ManualClock::new(0)).await;
+        let dn = "uid=imported,ou=people,dc=example,dc=org";
+        assert_eq!(id.bind(dn, "wrong", None).await.unwrap_err(), BindFailure::WrongPassword);
+        assert!(id.bind(dn, "old-secret", None).await.is_ok());
+        let stored = id.store.user("imported").await.unwrap().unwrap().password_hash.unwrap();
+        assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+        assert!(id.bind(dn, "old-secret", None).await.is_ok(), "the new hash verifies");
+        let audit = id.store.audit_tail(1).await.unwrap();
+        assert_eq!(audit[0].action, "user.password.rehash");
+    }
 }

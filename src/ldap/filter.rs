@@ -3,6 +3,8 @@
 //! invalid for the attribute's syntax, is Undefined (as in slapd), never an
 //! error. Also picks index candidates so most searches touch few entries.
 
+use std::borrow::Cow;
+
 use ldap3_proto::proto::{LdapFilter, LdapMatchingRuleAssertion, LdapSubstringFilter};
 
 use crate::directory::schema::{self, Rule};
@@ -152,30 +154,27 @@ fn extensible(entry: &Entry, mra: &LdapMatchingRuleAssertion) -> Tri {
 
 /// Positions of entries that can match `f`, from equality indexes; `None`
 /// when the filter gives no usable index (the caller scans instead).
-pub fn candidates(f: &LdapFilter, snap: &Snapshot) -> Option<Vec<u32>> {
+/// Borrowed from the snapshot where possible: no copy on the hot path.
+pub fn candidates<'a>(f: &LdapFilter, snap: &'a Snapshot) -> Option<Cow<'a, [u32]>> {
     match f {
         LdapFilter::Equality(attr, value) => {
             let canon = schema::canonical(attr)?;
-            let norm = schema::normalize(schema::rule(canon), value);
-            match norm {
-                Some(norm) => snap.lookup(canon, &norm).map(<[u32]>::to_vec),
+            match schema::normalize(schema::rule(canon), value) {
+                Some(norm) => snap.lookup(canon, &norm).map(Cow::Borrowed),
                 // An invalid value can match nothing.
-                None => Some(Vec::new()),
+                None => Some(Cow::Borrowed(&[])),
             }
         }
-        LdapFilter::And(parts) => {
-            // The smallest indexed part bounds the result; skip the huge
-            // objectClass lists when a narrower index exists.
-            parts.iter().filter_map(|p| candidates(p, snap)).min_by_key(Vec::len)
-        }
+        // The smallest indexed part bounds the result.
+        LdapFilter::And(parts) => parts.iter().filter_map(|p| candidates(p, snap)).min_by_key(|c| c.len()),
         LdapFilter::Or(parts) if !parts.is_empty() => {
             let mut all = Vec::new();
             for p in parts {
-                all.extend(candidates(p, snap)?);
+                all.extend_from_slice(&candidates(p, snap)?);
             }
             all.sort_unstable();
             all.dedup();
-            Some(all)
+            Some(Cow::Owned(all))
         }
         _ => None,
     }
@@ -243,14 +242,18 @@ mod tests {
     fn check_filter(filter: &str, f: &LdapFilter, expected: &[&str]) {
         let snap = snapshot();
         let f = f.clone();
-        let matched: Vec<u32> = (0..snap.entries.len() as u32)
-            .filter(|&i| eval(&f, &snap.entries[i as usize]) == Tri::True)
-            .collect();
+        let matched: Vec<u32> =
+            (0..snap.entries.len() as u32).filter(|&i| eval(&f, &snap.entries[i as usize]) == Tri::True).collect();
         let names = |ids: &[u32]| -> Vec<String> {
             ids.iter()
                 .map(|&i| {
                     let e = &snap.entries[i as usize];
-                    e.values("uid").first().or(e.values("cn").first()).or(e.values("ou").first()).cloned().unwrap_or_else(|| e.dn.clone())
+                    e.values("uid")
+                        .first()
+                        .or(e.values("cn").first())
+                        .or(e.values("ou").first())
+                        .cloned()
+                        .unwrap_or_else(|| e.dn.clone())
                 })
                 .collect()
         };

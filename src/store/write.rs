@@ -123,13 +123,12 @@ impl WriteTx {
     }
 
     async fn id_taken(&mut self, id: i64) -> StoreResult<bool> {
-        let row = sqlx::query(
-            "SELECT 1 FROM users WHERE uid_number = ? UNION ALL SELECT 1 FROM groups WHERE gid_number = ?",
-        )
-        .bind(id)
-        .bind(id)
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        let row =
+            sqlx::query("SELECT 1 FROM users WHERE uid_number = ? UNION ALL SELECT 1 FROM groups WHERE gid_number = ?")
+                .bind(id)
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
         Ok(row.is_some())
     }
 
@@ -368,11 +367,13 @@ impl WriteTx {
     }
 
     async fn touch_groups_of(&mut self, user_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE groups SET updated_at = ? WHERE id IN (SELECT group_id FROM memberships WHERE user_id = ?)")
-            .bind(self.now)
-            .bind(user_id)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE groups SET updated_at = ? WHERE id IN (SELECT group_id FROM memberships WHERE user_id = ?)",
+        )
+        .bind(self.now)
+        .bind(user_id)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 
@@ -502,7 +503,12 @@ impl WriteTx {
     ///
     /// # Errors
     /// Unknown service account.
-    pub async fn set_service_account_password_hash(&mut self, name: &str, hash: &str, actor: &Actor) -> StoreResult<()> {
+    pub async fn set_service_account_password_hash(
+        &mut self,
+        name: &str,
+        hash: &str,
+        actor: &Actor,
+    ) -> StoreResult<()> {
         let done = sqlx::query("UPDATE service_accounts SET password_hash = ?, updated_at = ? WHERE name = ?")
             .bind(hash)
             .bind(self.now)
@@ -542,9 +548,93 @@ fn check_ssh_key(key: &str) -> StoreResult<()> {
     let body = parts.next().unwrap_or("");
     let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
     if key.len() > MAX_SSH_KEY_LEN || !known || body.is_empty() || key.contains(['\n', '\r']) {
-        return Err(StoreError::Invalid(
-            "SSH public key must be one line like 'ssh-ed25519 AAAA… comment'".into(),
-        ));
+        return Err(StoreError::Invalid("SSH public key must be one line like 'ssh-ed25519 AAAA… comment'".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn dir() -> DirectoryConfig {
+        DirectoryConfig { id_range_start: 500, id_range_end: 503, ..DirectoryConfig::default() }
+    }
+
+    async fn add(store: &Store, name: &str) -> StoreResult<User> {
+        let mut tx = store.begin().await?;
+        let u = tx.add_user(NewUser { name: name.into(), ..Default::default() }, &dir(), &Actor::system()).await?;
+        tx.commit().await?;
+        Ok(u)
+    }
+
+    #[tokio::test]
+    async fn ids_are_allocated_in_range_and_never_reused() {
+        let store = Store::open_in_memory().await.unwrap();
+        let a = add(&store, "alice").await.unwrap();
+        assert_eq!((a.uid_number, a.gid_number), (500, 501), "alice, then her default group");
+        let mut tx = store.begin().await.unwrap();
+        tx.delete_user("alice", &Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(add(&store, "bob").await.unwrap().uid_number, 502);
+        assert_eq!(add(&store, "carol").await.unwrap().uid_number, 503);
+        assert!(matches!(add(&store, "dave").await, Err(StoreError::IdRangeExhausted(500, 503))));
+    }
+
+    #[tokio::test]
+    async fn clear_errors_and_rollback() {
+        let store = Store::open_in_memory().await.unwrap();
+        add(&store, "alice").await.unwrap();
+        let dup = add(&store, "alice").await.unwrap_err();
+        assert_eq!(dup.to_string(), "user \"alice\" already exists");
+        assert!(add(&store, "Bad Name").await.unwrap_err().to_string().contains("invalid user name"));
+        let mut tx = store.begin().await.unwrap();
+        let err = tx.add_member("nogroup", "alice", &Actor::system()).await.unwrap_err();
+        assert_eq!(err.to_string(), "group \"nogroup\" does not exist");
+        tx.add_group(NewGroup { name: "devs".into(), ..Default::default() }, &dir(), &Actor::system()).await.unwrap();
+        tx.add_member("devs", "alice", &Actor::system()).await.unwrap();
+        assert!(
+            tx.add_member("devs", "alice", &Actor::system())
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("already a member")
+        );
+        drop(tx); // rolled back
+        let data = store.load_directory().await.unwrap();
+        assert!(data.groups.iter().all(|g| g.name != "devs"));
+        let before = data.generation;
+        add(&store, "bob").await.unwrap();
+        assert!(store.generation().await.unwrap() > before);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_user_drops_memberships_and_audits() {
+        let store = Store::open_in_memory().await.unwrap();
+        add(&store, "alice").await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.add_group(NewGroup { name: "devs".into(), ..Default::default() }, &dir(), &Actor::cli()).await.unwrap();
+        tx.add_member("devs", "alice", &Actor::cli()).await.unwrap();
+        tx.delete_user("alice", &Actor::cli()).await.unwrap();
+        tx.commit().await.unwrap();
+        let data = store.load_directory().await.unwrap();
+        let devs = data.groups.iter().find(|g| g.name == "devs").unwrap();
+        assert!(devs.member_ids.is_empty());
+        let actions: Vec<String> = store.audit_tail(3).await.unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["user.delete", "group.member.add", "group.add"]);
+    }
+
+    #[tokio::test]
+    async fn ssh_keys_are_validated() {
+        let store = Store::open_in_memory().await.unwrap();
+        add(&store, "alice").await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.add_ssh_key("alice", "not a key", &Actor::cli()).await.is_err());
+        tx.add_ssh_key("alice", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample alice@laptop", &Actor::cli())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.user("alice").await.unwrap().unwrap().ssh_keys.len(), 1);
+    }
 }

@@ -151,7 +151,7 @@ fn matching(session: &Session, snap: &Snapshot, req: &LdapSearchRequest, base: &
         LdapSearchScope::Base => snap.by_ndn(base).map(|(p, _)| p).into_iter().filter(keep).collect(),
         LdapSearchScope::OneLevel => snap.children(base).iter().copied().filter(keep).collect(),
         _ => match filter::candidates(&req.filter, snap) {
-            Some(c) => c.into_iter().filter(keep).collect(),
+            Some(c) => c.iter().copied().filter(keep).collect(),
             None => (0..u32::try_from(snap.entries.len()).unwrap_or(u32::MAX)).filter(keep).collect(),
         },
     };
@@ -187,7 +187,11 @@ fn continue_paged(session: &mut Session, msgid: i32, size: i64, cookie: &[u8]) -
             vec![done(msgid, success(), Some(Vec::new()))]
         }
         Some(id) => page(session, msgid, id, size),
-        None => vec![done(msgid, result(LdapResultCode::UnwillingToPerform, "unknown or expired paged results cookie"), None)],
+        None => vec![done(
+            msgid,
+            result(LdapResultCode::UnwillingToPerform, "unknown or expired paged results cookie"),
+            None,
+        )],
     }
 }
 
