@@ -175,9 +175,7 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         let d = &self.directory;
         if d.id_range_start < 1 || d.id_range_end < d.id_range_start {
-            anyhow::bail!(
-                "directory.id_range_start..id_range_end must be a non-empty range above 0"
-            );
+            anyhow::bail!("directory.id_range_start..id_range_end must be a non-empty range above 0");
         }
         if self.ldap.max_message_bytes < 1024 {
             anyhow::bail!("ldap.max_message_bytes must be at least 1024");

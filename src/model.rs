@@ -109,9 +109,7 @@ pub const MAX_NAME_LEN: usize = 32;
 /// A message saying what is wrong, fit to show the admin.
 pub fn validate_name(kind: Kind, name: &str) -> Result<(), String> {
     let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-    let ok_rest = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     let ok_last = !name.ends_with(['-', '.']);
     if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_first || !ok_rest || !ok_last {
         return Err(format!(

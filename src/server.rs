@@ -39,7 +39,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for LDAP on {}", config.ldap.listen))?;
     let ldaps = match config.ldap.ldaps_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen for LDAPS on {addr}"))?),
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen for LDAPS on {addr}"))?)
+        }
         None => None,
     };
     tracing::info!(

@@ -85,8 +85,7 @@ impl Lockout {
     /// Whether the account or the address is locked at `now`.
     pub fn is_locked(&self, account: &str, source: Option<IpAddr>, now: i64) -> bool {
         let account_locked = self.accounts.lock().is_ok_and(|t| t.locked(&account.to_string(), now));
-        let source_locked =
-            source.is_some_and(|ip| self.sources.lock().is_ok_and(|t| t.locked(&ip, now)));
+        let source_locked = source.is_some_and(|ip| self.sources.lock().is_ok_and(|t| t.locked(&ip, now)));
         account_locked || source_locked
     }
 

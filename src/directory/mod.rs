@@ -67,12 +67,8 @@ impl Snapshot {
         let group_dn = |name: &str| format!("cn={},{groups_dn}", dn::escape_value(name));
 
         let mut entries = Vec::with_capacity(data.users.len() + data.groups.len() + 3);
-        let (rdn_attr, rdn_value) = base
-            .rdns
-            .first()
-            .and_then(|r| r.first())
-            .map(|a| (a.attr.clone(), a.value.clone()))
-            .unwrap_or_default();
+        let (rdn_attr, rdn_value) =
+            base.rdns.first().and_then(|r| r.first()).map(|a| (a.attr.clone(), a.value.clone())).unwrap_or_default();
         let mut base_classes = vec!["top".to_string()];
         let mut base_attrs = AttrsBuilder::default();
         match rdn_attr.as_str() {
@@ -98,8 +94,7 @@ impl Snapshot {
         }
 
         // Memberships both ways, by id.
-        let user_by_id: HashMap<&str, &crate::model::User> =
-            data.users.iter().map(|u| (u.id.as_str(), u)).collect();
+        let user_by_id: HashMap<&str, &crate::model::User> = data.users.iter().map(|u| (u.id.as_str(), u)).collect();
         let mut member_of: HashMap<&str, Vec<String>> = HashMap::new();
         for g in &data.groups {
             for m in &g.member_ids {

@@ -80,10 +80,7 @@ pub fn canonical(name: &str) -> Option<&'static str> {
     if let Some((canon, _)) = ATTRIBUTES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
         return Some(canon);
     }
-    ALIASES
-        .iter()
-        .find(|(alias, _)| alias.eq_ignore_ascii_case(name))
-        .map(|(_, canon)| *canon)
+    ALIASES.iter().find(|(alias, _)| alias.eq_ignore_ascii_case(name)).map(|(_, canon)| *canon)
 }
 
 /// The matching rule of a canonical attribute name.

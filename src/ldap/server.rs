@@ -89,7 +89,12 @@ impl LdapServer {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.connections.acquire_many(max)).await;
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, implicit_tls: bool, mut shutdown: watch::Receiver<bool>) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        implicit_tls: bool,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut backoff = Duration::from_millis(10);
         loop {
             let accepted = tokio::select! {
@@ -174,7 +179,8 @@ impl LdapServer {
             };
             let msg = match next {
                 Err(_) if !framed.read_buffer().is_empty() => {
-                    notice(&mut framed, LdapResultCode::ProtocolError, "message not completed in time", read_timeout).await;
+                    notice(&mut framed, LdapResultCode::ProtocolError, "message not completed in time", read_timeout)
+                        .await;
                     return Ok(());
                 }
                 Err(_) => {
@@ -213,8 +219,9 @@ impl LdapServer {
                         // Data sent before the TLS handshake would be spliced into the session.
                         return Err(std::io::Error::other("data after StartTLS request"));
                     }
-                    let tls =
-                        tokio::time::timeout(read_timeout, self.acceptor.accept(parts.io)).await.map_err(timed_out)??;
+                    let tls = tokio::time::timeout(read_timeout, self.acceptor.accept(parts.io))
+                        .await
+                        .map_err(timed_out)??;
                     framed = Framed::new(Box::new(tls) as Box<dyn Io>, self.codec());
                     session.tls = true;
                 }

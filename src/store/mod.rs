@@ -61,9 +61,8 @@ impl Store {
     /// The file cannot be created or opened, or a migration fails.
     pub async fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Invalid(format!("cannot create data directory {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Invalid(format!("cannot create data directory {}: {e}", dir.display())))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -109,9 +108,8 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn generation(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT value FROM counters WHERE name = 'generation'")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT value FROM counters WHERE name = 'generation'").fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0))
     }
 
@@ -120,10 +118,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -133,12 +128,11 @@ impl Store {
     /// Database errors.
     pub async fn load_directory(&self) -> StoreResult<DirectoryData> {
         let mut tx = self.pool.begin().await?;
-        let generation: i64 =
-            sqlx::query("SELECT value FROM counters WHERE name = 'generation'")
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.get(0))
-                .unwrap_or(0);
+        let generation: i64 = sqlx::query("SELECT value FROM counters WHERE name = 'generation'")
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
         let mut users: Vec<User> = sqlx::query(
             "SELECT id, name, uid_number, gid_number, display_name, email, login_shell, \
              home_directory, password_hash, disabled, created_at, updated_at \
@@ -152,24 +146,18 @@ impl Store {
         let keys = sqlx::query("SELECT user_id, public_key FROM ssh_keys ORDER BY user_id, created_at")
             .fetch_all(&mut *tx)
             .await?;
-        attach(&mut users, keys.iter().map(|r| (r.get(0), r.get(1))), |u| &u.id, |u, k| {
-            u.ssh_keys.push(k)
-        });
-        let mut groups: Vec<Group> = sqlx::query(
-            "SELECT id, name, gid_number, description, created_at, updated_at FROM groups ORDER BY name",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(group_from_row)
-        .collect();
-        let members =
-            sqlx::query("SELECT group_id, user_id FROM memberships ORDER BY group_id, user_id")
+        attach(&mut users, keys.iter().map(|r| (r.get(0), r.get(1))), |u| &u.id, |u, k| u.ssh_keys.push(k));
+        let mut groups: Vec<Group> =
+            sqlx::query("SELECT id, name, gid_number, description, created_at, updated_at FROM groups ORDER BY name")
                 .fetch_all(&mut *tx)
-                .await?;
-        attach(&mut groups, members.iter().map(|r| (r.get(0), r.get(1))), |g| &g.id, |g, m| {
-            g.member_ids.push(m)
-        });
+                .await?
+                .iter()
+                .map(group_from_row)
+                .collect();
+        let members = sqlx::query("SELECT group_id, user_id FROM memberships ORDER BY group_id, user_id")
+            .fetch_all(&mut *tx)
+            .await?;
+        attach(&mut groups, members.iter().map(|r| (r.get(0), r.get(1))), |g| &g.id, |g, m| g.member_ids.push(m));
         let service_accounts = sqlx::query(
             "SELECT id, name, password_hash, disabled, created_at, updated_at \
              FROM service_accounts ORDER BY name",
@@ -220,12 +208,11 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn audit_tail(&self, limit: i64) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "SELECT at, actor, action, target, source, detail FROM audit_log ORDER BY id DESC LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT at, actor, action, target, source, detail FROM audit_log ORDER BY id DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .iter()
             .map(|r| AuditEntry {

@@ -17,9 +17,8 @@ pub const BASE: &str = "dc=example,dc=org";
 
 /// Panics with an install hint when `tool` is not on PATH (tests never skip).
 pub fn require_tool(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
     assert!(found, "required tool `{tool}` is not installed; run ./scripts/test (it installs the test dependencies)");
 }
 
@@ -171,7 +170,10 @@ impl TestServer {
 
     /// Creates a user with a password.
     pub fn add_user(&self, name: &str, password: &str) {
-        self.cli(&["user", "add", name, "--email", &format!("{name}@example.org"), "--password-stdin"], Some(&format!("{password}\n")));
+        self.cli(
+            &["user", "add", name, "--email", &format!("{name}@example.org"), "--password-stdin"],
+            Some(&format!("{password}\n")),
+        );
     }
 
     /// Creates a service account with a password.

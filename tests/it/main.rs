@@ -2,7 +2,6 @@
 //! starts real processes: the `portcullis` binary, and the real clients that
 //! its users run (ldap-utils, SSSD, pamtester, sshd).
 
-
 #![allow(unreachable_pub, reason = "items are shared between test modules of one binary")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly when its setup fails")]
 mod common;

@@ -32,14 +32,20 @@ pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
 pub enum Op {
     Bind(LdapBindRequest),
     Unbind,
-    Search { req: LdapSearchRequest, paged: Option<(i64, Vec<u8>)> },
+    Search {
+        req: LdapSearchRequest,
+        paged: Option<(i64, Vec<u8>)>,
+    },
     Compare(LdapCompareRequest),
     Abandon,
     StartTls,
     WhoAmI,
     PasswordModify(LdapExtendedRequest),
     /// Anything else: answered with `code`, the connection stays open.
-    Unsupported { code: LdapResultCode, message: String },
+    Unsupported {
+        code: LdapResultCode,
+        message: String,
+    },
 }
 
 impl Op {

@@ -5,7 +5,8 @@ use crate::directory::{Attr, Entry, EntryKind};
 
 /// Builds the root DSE for a server whose naming context is `base_dn`.
 pub fn entry(base_dn: &str) -> Entry {
-    let op = |name: &'static str, values: &[&str]| Attr { name, values: values.iter().map(|v| v.to_string()).collect() };
+    let op =
+        |name: &'static str, values: &[&str]| Attr { name, values: values.iter().map(|v| v.to_string()).collect() };
     Entry {
         dn: String::new(),
         ndn: String::new(),

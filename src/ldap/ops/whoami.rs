@@ -10,6 +10,10 @@ pub fn apply(session: &Session, msgid: i32) -> LdapMsg {
     let authzid = session.bound.as_ref().map(|a| format!("dn:{}", a.dn)).unwrap_or_default();
     LdapMsg::new(
         msgid,
-        LdapOp::ExtendedResponse(LdapExtendedResponse { res: success(), name: None, value: Some(authzid.into_bytes()) }),
+        LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: success(),
+            name: None,
+            value: Some(authzid.into_bytes()),
+        }),
     )
 }
