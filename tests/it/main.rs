@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub, reason = "items are shared between test modules of one binary")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly when its setup fails")]
+mod cli;
 mod common;
 mod import;
 mod ldap_utils;
