@@ -1,6 +1,8 @@
 //! Portcullis: one program that owns the directory and answers LDAP for
 //! SSSD/PAM logins. See ARCHITECTURE.md for the codemap and invariants.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod cli;
 pub mod clock;

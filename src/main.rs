@@ -3,8 +3,35 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    release_large_allocations();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Makes glibc serve large blocks (argon2id's 19 MiB per hash) with mmap and
+/// return them on free. By default glibc raises its mmap threshold after the
+/// first such free and then keeps 19 MiB per thread arena resident for ever:
+/// a few concurrent binds left the server at ~170 MB RSS instead of ~15 MB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_large_allocations() {
+    // SAFETY: mallopt only adjusts allocator tunables; it is called once,
+    // before any other thread exists, with a valid parameter and value.
+    #[allow(unsafe_code, reason = "one allocator tunable, set before threads start")]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_large_allocations() {}
+
+async fn run() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
