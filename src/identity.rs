@@ -12,6 +12,22 @@ use crate::directory::{Account, AccountKind, Directory, Snapshot, dn};
 use crate::model::Actor;
 use crate::store::{Store, StoreError, StoreResult};
 
+/// Called after each snapshot swap to hand freed memory back to the OS;
+/// set once by the binary (the allocator call needs `unsafe`, which this
+/// library forbids).
+static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Installs the function run after each snapshot swap (first call wins).
+pub fn set_release_memory_hook(hook: fn()) {
+    let _ = RELEASE_MEMORY.set(hook);
+}
+
+fn release_memory() {
+    if let Some(hook) = RELEASE_MEMORY.get() {
+        hook();
+    }
+}
+
 /// Why a bind failed. Clients only ever see "invalid credentials"; this is for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindFailure {
@@ -42,6 +58,8 @@ impl Identity {
     pub async fn open(config: Arc<Config>, store: Store, clock: SharedClock) -> StoreResult<Arc<Self>> {
         let data = store.load_directory().await?;
         let snapshot = Snapshot::build(&data, &config.ldap.base_dn);
+        drop(data);
+        release_memory();
         let hasher = Hasher::new(config.auth.hash_concurrency);
         let dummy_hash = hasher.hash("portcullis-dummy-password".into()).await.map_err(StoreError::Invalid)?;
         let a = &config.auth;
@@ -78,6 +96,7 @@ impl Identity {
             .await
             .map_err(|e| StoreError::Invalid(format!("snapshot build failed: {e}")))?;
         self.directory.replace(snapshot);
+        tokio::task::spawn_blocking(release_memory);
         Ok(())
     }
 

@@ -26,6 +26,18 @@ fn release_large_allocations() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
+    portcullis::identity::set_release_memory_hook(trim_heap);
+}
+
+/// Returns free heap pages to the OS after a directory snapshot is replaced
+/// (the old snapshot's many small blocks otherwise stay resident).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    #[allow(unsafe_code, reason = "glibc's malloc_trim has no safe wrapper")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

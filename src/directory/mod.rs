@@ -10,14 +10,14 @@ mod entry;
 pub mod schema;
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::clock::generalized_time;
 use crate::store::DirectoryData;
-use entry::AttrsBuilder;
-pub use entry::{Attr, Entry, EntryKind};
+pub use entry::{AttrRef, Entry, EntryBuilder, EntryKind};
 
 /// Attributes with an equality index (canonical names).
 pub const INDEXED: &[&str] =
@@ -40,6 +40,43 @@ pub enum AccountKind {
     Service,
 }
 
+/// Entry positions under one index key; most keys name one entry.
+#[derive(Debug)]
+enum Postings {
+    One([u32; 1]),
+    Many(Vec<u32>),
+}
+
+impl Postings {
+    fn push(&mut self, pos: u32) {
+        match self {
+            Postings::One([first]) if *first != pos => *self = Postings::Many(vec![*first, pos]),
+            Postings::One(_) => {}
+            Postings::Many(v) => {
+                if v.last() != Some(&pos) {
+                    v.push(pos);
+                }
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Postings::One(one) => one,
+            Postings::Many(v) => v,
+        }
+    }
+}
+
+/// Hash of an index key. Collisions only add candidates: every candidate is
+/// checked against the full filter, so keys need not be stored.
+fn key_hash(attr: &str, norm: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    attr.hash(&mut h);
+    norm.hash(&mut h);
+    h.finish()
+}
+
 /// One immutable view of the whole directory.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -49,9 +86,9 @@ pub struct Snapshot {
     pub base_ndn: String,
     /// Every entry; indexes refer to positions in this list.
     pub entries: Vec<Entry>,
-    by_ndn: HashMap<String, u32>,
-    children: HashMap<String, Vec<u32>>,
-    index: HashMap<&'static str, HashMap<String, Vec<u32>>>,
+    by_ndn: HashMap<u64, Postings>,
+    children: HashMap<Arc<str>, Vec<u32>>,
+    index: HashMap<u64, Postings>,
     accounts: HashMap<String, Account>,
 }
 
@@ -59,38 +96,41 @@ impl Snapshot {
     /// Builds the tree under `base_dn` from the store's data.
     pub fn build(data: &DirectoryData, base_dn: &str) -> Self {
         let base = dn::Dn::parse(base_dn).unwrap_or_default();
-        let base_ndn = base.normalized();
+        let base_ndn: Arc<str> = Arc::from(base.normalized());
+        let people_ndn: Arc<str> = Arc::from(format!("ou=people,{base_ndn}"));
+        let groups_ndn: Arc<str> = Arc::from(format!("ou=groups,{base_ndn}"));
         let people_dn = format!("ou=people,{base}");
         let groups_dn = format!("ou=groups,{base}");
         let services_dn = format!("ou=services,{base}");
         let user_dn = |name: &str| format!("uid={},{people_dn}", dn::escape_value(name));
         let group_dn = |name: &str| format!("cn={},{groups_dn}", dn::escape_value(name));
+        let leaf_ndn = |attr: &str, name: &str, parent: &str| {
+            dn::normalize(&format!("{attr}={},{parent}", dn::escape_value(name))).unwrap_or_default()
+        };
 
         let mut entries = Vec::with_capacity(data.users.len() + data.groups.len() + 3);
         let (rdn_attr, rdn_value) =
             base.rdns.first().and_then(|r| r.first()).map(|a| (a.attr.clone(), a.value.clone())).unwrap_or_default();
-        let mut base_classes = vec!["top".to_string()];
-        let mut base_attrs = AttrsBuilder::default();
-        match rdn_attr.as_str() {
-            "dc" => {
-                base_classes.extend(["dcObject".into(), "organization".into()]);
-                base_attrs = base_attrs.one("dc", rdn_value.clone()).one("o", rdn_value);
-            }
-            "o" => {
-                base_classes.push("organization".into());
-                base_attrs = base_attrs.one("o", rdn_value);
-            }
-            _ => {
-                base_classes.push("organizationalUnit".into());
-                base_attrs = base_attrs.one("ou", rdn_value);
-            }
-        }
-        entries.push(make_entry(base.to_string(), EntryKind::Base, base_attrs.many("objectClass", base_classes), 0, 0));
-        for ou in ["people", "groups"] {
-            let attrs = AttrsBuilder::default()
-                .many("objectClass", vec!["top".into(), "organizationalUnit".into()])
-                .one("ou", ou);
-            entries.push(make_entry(format!("ou={ou},{base}"), EntryKind::Container, attrs, 0, 0));
+        let base_entry = match rdn_attr.as_str() {
+            "dc" => EntryBuilder::default()
+                .many("objectClass", ["top", "dcObject", "organization"])
+                .one("dc", &rdn_value)
+                .one("o", &rdn_value),
+            "o" => EntryBuilder::default().many("objectClass", ["top", "organization"]).one("o", &rdn_value),
+            _ => EntryBuilder::default().many("objectClass", ["top", "organizationalUnit"]).one("ou", &rdn_value),
+        };
+        let base_parent: Arc<str> = Arc::from(base.parent().normalized());
+        entries.push(finish(base_entry, base.to_string(), base_ndn.to_string(), base_parent, EntryKind::Base, None));
+        for (ou, ndn) in [("people", &people_ndn), ("groups", &groups_ndn)] {
+            let b = EntryBuilder::default().many("objectClass", ["top", "organizationalUnit"]).one("ou", ou);
+            entries.push(finish(
+                b,
+                format!("ou={ou},{base}"),
+                ndn.to_string(),
+                Arc::clone(&base_ndn),
+                EntryKind::Container,
+                None,
+            ));
         }
 
         // Memberships both ways, by id.
@@ -102,75 +142,81 @@ impl Snapshot {
             }
         }
 
-        let mut accounts = HashMap::new();
+        let mut accounts = HashMap::with_capacity(data.users.len() + data.service_accounts.len());
         for u in &data.users {
             let dn = user_dn(&u.name);
+            let ndn = leaf_ndn("uid", &u.name, &people_ndn);
             let mut classes = vec!["top", "person", "organizationalPerson", "inetOrgPerson", "posixAccount"];
             if !u.ssh_keys.is_empty() {
                 classes.push("ldapPublicKey");
             }
-            let surname = u.display_name.rsplit(' ').next().unwrap_or(&u.name).to_string();
-            let attrs = AttrsBuilder::default()
-                .many("objectClass", classes.into_iter().map(String::from).collect())
-                .one("uid", u.name.clone())
-                .one("cn", u.display_name.clone())
+            let surname = u.display_name.rsplit(' ').next().unwrap_or(&u.name);
+            let b = EntryBuilder::default()
+                .many("objectClass", classes)
+                .one("uid", &u.name)
+                .one("cn", &u.display_name)
                 .one("sn", surname)
-                .one("displayName", u.display_name.clone())
-                .one("gecos", u.display_name.clone())
-                .one("uidNumber", u.uid_number.to_string())
-                .one("gidNumber", u.gid_number.to_string())
-                .one("homeDirectory", u.home_directory.clone())
-                .one("loginShell", u.login_shell.clone())
-                .one("mail", u.email.clone().unwrap_or_default())
-                .many("sshPublicKey", u.ssh_keys.clone());
-            let mut entry = make_entry(dn.clone(), EntryKind::User(u.name.clone()), attrs, u.created_at, u.updated_at);
-            push_operational(&mut entry, &u.id, "inetOrgPerson");
-            if let Some(groups) = member_of.remove(u.id.as_str()) {
-                entry.operational.push(Attr { name: "memberOf", values: groups });
-            }
+                .one("displayName", &u.display_name)
+                .one("gecos", &u.display_name)
+                .one("uidNumber", &u.uid_number.to_string())
+                .one("gidNumber", &u.gid_number.to_string())
+                .one("homeDirectory", &u.home_directory)
+                .one("loginShell", &u.login_shell)
+                .one("mail", u.email.as_deref().unwrap_or_default())
+                .many("sshPublicKey", &u.ssh_keys)
+                .operational("entryUUID", [&u.id])
+                .operational("structuralObjectClass", ["inetOrgPerson"])
+                .operational("memberOf", member_of.remove(u.id.as_str()).unwrap_or_default());
+            let kind = EntryKind::User(u.name.as_str().into());
             accounts.insert(
-                entry.ndn.clone(),
+                ndn.clone(),
                 Account {
                     name: u.name.clone(),
-                    dn,
+                    dn: dn.clone(),
                     kind: AccountKind::User,
                     password_hash: u.password_hash.clone(),
                     disabled: u.disabled,
                 },
             );
-            entries.push(entry);
+            entries.push(finish(b, dn, ndn, Arc::clone(&people_ndn), kind, Some((u.created_at, u.updated_at))));
         }
         for g in &data.groups {
             let members: Vec<&crate::model::User> =
                 g.member_ids.iter().filter_map(|id| user_by_id.get(id.as_str()).copied()).collect();
-            let attrs = AttrsBuilder::default()
-                .many("objectClass", vec!["top".into(), "posixGroup".into(), "groupOfNames".into()])
-                .one("cn", g.name.clone())
-                .one("gidNumber", g.gid_number.to_string())
-                .one("description", g.description.clone())
-                .many("memberUid", members.iter().map(|u| u.name.clone()).collect())
-                .many("member", members.iter().map(|u| user_dn(&u.name)).collect());
-            let mut entry = make_entry(group_dn(&g.name), EntryKind::Group, attrs, g.created_at, g.updated_at);
-            push_operational(&mut entry, &g.id, "posixGroup");
-            entries.push(entry);
+            let b = EntryBuilder::default()
+                .many("objectClass", ["top", "posixGroup", "groupOfNames"])
+                .one("cn", &g.name)
+                .one("gidNumber", &g.gid_number.to_string())
+                .one("description", &g.description)
+                .many("memberUid", members.iter().map(|u| u.name.as_str()))
+                .many("member", members.iter().map(|u| user_dn(&u.name)))
+                .operational("entryUUID", [&g.id])
+                .operational("structuralObjectClass", ["posixGroup"]);
+            let ndn = leaf_ndn("cn", &g.name, &groups_ndn);
+            let times = Some((g.created_at, g.updated_at));
+            entries.push(finish(b, group_dn(&g.name), ndn, Arc::clone(&groups_ndn), EntryKind::Group, times));
         }
         for s in &data.service_accounts {
             let dn = format!("cn={},{services_dn}", dn::escape_value(&s.name));
             if let Some(ndn) = dn::normalize(&dn) {
-                accounts.insert(
-                    ndn,
-                    Account {
-                        name: s.name.clone(),
-                        dn,
-                        kind: AccountKind::Service,
-                        password_hash: Some(s.password_hash.clone()),
-                        disabled: s.disabled,
-                    },
-                );
+                let account = Account {
+                    name: s.name.clone(),
+                    dn,
+                    kind: AccountKind::Service,
+                    password_hash: Some(s.password_hash.clone()),
+                    disabled: s.disabled,
+                };
+                accounts.insert(ndn, account);
             }
         }
 
-        let mut snapshot = Snapshot { generation: data.generation, base_ndn, entries, accounts, ..Default::default() };
+        let mut snapshot = Snapshot {
+            generation: data.generation,
+            base_ndn: base_ndn.to_string(),
+            entries,
+            accounts,
+            ..Default::default()
+        };
         snapshot.build_indexes();
         snapshot
     }
@@ -178,25 +224,29 @@ impl Snapshot {
     fn build_indexes(&mut self) {
         for (pos, entry) in self.entries.iter().enumerate() {
             let pos = u32::try_from(pos).unwrap_or(u32::MAX);
-            self.by_ndn.insert(entry.ndn.clone(), pos);
-            self.children.entry(entry.parent_ndn.clone()).or_default().push(pos);
+            add_posting(&mut self.by_ndn, key_hash("", &entry.ndn), pos);
+            self.children.entry(Arc::clone(&entry.parent_ndn)).or_default().push(pos);
             for &name in INDEXED {
                 let Some(attr) = entry.get(name) else { continue };
                 let rule = schema::rule(name);
-                let map = self.index.entry(name).or_default();
-                for v in &attr.values {
+                for v in attr.values() {
                     if let Some(norm) = schema::normalize(rule, v) {
-                        map.entry(norm).or_default().push(pos);
+                        add_posting(&mut self.index, key_hash(name, &norm), pos);
                     }
                 }
             }
         }
+        self.index.shrink_to_fit();
+        self.by_ndn.shrink_to_fit();
     }
 
     /// The entry with this normalised DN.
     pub fn by_ndn(&self, ndn: &str) -> Option<(u32, &Entry)> {
-        let pos = *self.by_ndn.get(ndn)?;
-        self.entries.get(pos as usize).map(|e| (pos, e))
+        let postings = self.by_ndn.get(&key_hash("", ndn))?;
+        postings
+            .as_slice()
+            .iter()
+            .find_map(|&p| self.entries.get(p as usize).filter(|e| &*e.ndn == ndn).map(|e| (p, e)))
     }
 
     /// Positions of the direct children of the entry with this normalised DN.
@@ -204,13 +254,14 @@ impl Snapshot {
         self.children.get(ndn).map_or(&[], Vec::as_slice)
     }
 
-    /// Positions of entries whose `attr` has a value equal (after
-    /// normalisation) to `norm`; `None` when `attr` has no index.
+    /// Positions of entries whose `attr` may have a value equal (after
+    /// normalisation) to `norm`: a superset, to be checked by the caller;
+    /// `None` when `attr` has no index.
     pub fn lookup(&self, attr: &str, norm: &str) -> Option<&[u32]> {
         if !INDEXED.contains(&attr) {
             return None;
         }
-        Some(self.index.get(attr).and_then(|m| m.get(norm)).map_or(&[], Vec::as_slice))
+        Some(self.index.get(&key_hash(attr, norm)).map_or(&[], Postings::as_slice))
     }
 
     /// The account that binds with this normalised DN.
@@ -224,28 +275,26 @@ impl Snapshot {
     }
 }
 
-fn make_entry(dn: String, kind: EntryKind, attrs: AttrsBuilder, created: i64, modified: i64) -> Entry {
-    let parsed = dn::Dn::parse(&dn).unwrap_or_default();
-    let mut entry = Entry {
-        ndn: parsed.normalized(),
-        parent_ndn: parsed.parent().normalized(),
-        dn,
-        kind,
-        attrs: attrs.0,
-        operational: Vec::new(),
-    };
-    entry.operational.push(Attr { name: "entryDN", values: vec![entry.dn.clone()] });
-    entry.operational.push(Attr { name: "subschemaSubentry", values: vec!["cn=Subschema".into()] });
-    if created > 0 {
-        entry.operational.push(Attr { name: "createTimestamp", values: vec![generalized_time(created)] });
-        entry.operational.push(Attr { name: "modifyTimestamp", values: vec![generalized_time(modified)] });
-    }
-    entry
+fn add_posting(map: &mut HashMap<u64, Postings>, key: u64, pos: u32) {
+    map.entry(key).and_modify(|p| p.push(pos)).or_insert(Postings::One([pos]));
 }
 
-fn push_operational(entry: &mut Entry, id: &str, structural: &str) {
-    entry.operational.push(Attr { name: "entryUUID", values: vec![id.to_string()] });
-    entry.operational.push(Attr { name: "structuralObjectClass", values: vec![structural.to_string()] });
+/// Adds the operational attributes every entry has and builds it.
+fn finish(
+    b: EntryBuilder,
+    dn: String,
+    ndn: String,
+    parent_ndn: Arc<str>,
+    kind: EntryKind,
+    times: Option<(i64, i64)>,
+) -> Entry {
+    let mut b = b.operational("entryDN", [&dn]).operational("subschemaSubentry", ["cn=Subschema"]);
+    if let Some((created, modified)) = times {
+        b = b
+            .operational("createTimestamp", [generalized_time(created)])
+            .operational("modifyTimestamp", [generalized_time(modified)]);
+    }
+    b.build(dn.into_boxed_str(), ndn.into_boxed_str(), parent_ndn, kind)
 }
 
 /// The current snapshot, replaced atomically; readers never block writers.

@@ -55,6 +55,17 @@ const ATTRIBUTES: &[(&str, Rule)] = &[
     ("modifiersName", Rule::Dn),
 ];
 
+/// Canonical names of the known attributes, in table order.
+pub const NAMES: [&str; ATTRIBUTES.len()] = {
+    let mut out = [""; ATTRIBUTES.len()];
+    let mut i = 0;
+    while i < ATTRIBUTES.len() {
+        out[i] = ATTRIBUTES[i].0;
+        i += 1;
+    }
+    out
+};
+
 /// Other names (lower-case) for known attributes.
 const ALIASES: &[(&str, &str)] = &[
     ("commonname", "cn"),

@@ -81,7 +81,7 @@ fn equality(entry: &Entry, attr: &str, value: &str) -> Tri {
     let rule = schema::rule(canon);
     let Some(want) = schema::normalize(rule, value) else { return Tri::Undefined };
     let Some(a) = entry.get(canon) else { return Tri::False };
-    bool_tri(a.values.iter().any(|v| schema::normalize(rule, v).as_deref() == Some(want.as_str())))
+    bool_tri(a.values().any(|v| schema::normalize(rule, v).as_deref() == Some(want.as_str())))
 }
 
 fn ordering(entry: &Entry, attr: &str, value: &str, greater: bool) -> Tri {
@@ -92,7 +92,7 @@ fn ordering(entry: &Entry, attr: &str, value: &str, greater: bool) -> Tri {
     }
     let Some(want) = schema::normalize(rule, value) else { return Tri::Undefined };
     let Some(a) = entry.get(canon) else { return Tri::False };
-    let hit = a.values.iter().filter_map(|v| schema::normalize(rule, v)).any(|have| {
+    let hit = a.values().filter_map(|v| schema::normalize(rule, v)).any(|have| {
         let ord = if schema::is_numeric(rule) {
             match (have.parse::<i64>(), want.parse::<i64>()) {
                 (Ok(h), Ok(w)) => h.cmp(&w),
@@ -117,7 +117,7 @@ fn substring(entry: &Entry, attr: &str, sub: &LdapSubstringFilter) -> Tri {
     let any: Vec<String> = sub.any.iter().map(|s| norm(s)).collect();
     let final_ = sub.final_.as_deref().map(norm);
     let Some(a) = entry.get(canon) else { return Tri::False };
-    bool_tri(a.values.iter().any(|v| {
+    bool_tri(a.values().any(|v| {
         let v = norm(v);
         let mut rest = v.as_str();
         if let Some(i) = &initial {
@@ -248,12 +248,10 @@ mod tests {
             ids.iter()
                 .map(|&i| {
                     let e = &snap.entries[i as usize];
-                    e.values("uid")
-                        .first()
-                        .or(e.values("cn").first())
-                        .or(e.values("ou").first())
-                        .cloned()
-                        .unwrap_or_else(|| e.dn.clone())
+                    ["uid", "cn", "ou"]
+                        .iter()
+                        .find_map(|a| e.values(a).first().map(|v| v.to_string()))
+                        .unwrap_or_else(|| e.dn.to_string())
                 })
                 .collect()
         };

@@ -100,7 +100,7 @@ impl Session {
         match &self.bound {
             None => false,
             Some(a) if a.kind == AccountKind::Service => true,
-            Some(a) => matches!(&entry.kind, EntryKind::User(name) if *name == a.name),
+            Some(a) => matches!(&entry.kind, EntryKind::User(name) if **name == *a.name),
         }
     }
 }

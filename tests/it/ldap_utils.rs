@@ -319,7 +319,7 @@ fn paged_search_returns_all_2500_users() {
             all.matches("\ndn: uid=bulk").count()
         );
         // 2500 / 300 → 9 pages, each ending with a paged-results control.
-        assert_eq!(all.matches("# pagedresults: cookie=").count(), 9, "page count");
+        assert_eq!(all.matches("\npagedresults: cookie=").count(), 9, "page count: {all}");
     }
     // Without paging the server's unpaged limit applies; the client's size limit too.
     let limited = ldap(

@@ -130,8 +130,9 @@ impl RawRecord {
                 }
                 Some(_) => self.error = Some(too_long(line_no)),
                 None => {
-                    self.error =
-                        Some(format!("line {line_no}: continuation line (starting with a space) without a line before it"));
+                    self.error = Some(format!(
+                        "line {line_no}: continuation line (starting with a space) without a line before it"
+                    ));
                 }
             }
         } else if line.len() > MAX_LINE_BYTES {
@@ -143,7 +144,10 @@ impl RawRecord {
 }
 
 fn too_long(line_no: usize) -> String {
-    format!("line {line_no}: line (after unfolding) is longer than {} MiB; not imported", MAX_LINE_BYTES / (1024 * 1024))
+    format!(
+        "line {line_no}: line (after unfolding) is longer than {} MiB; not imported",
+        MAX_LINE_BYTES / (1024 * 1024)
+    )
 }
 
 /// Splits `input` into records. Never fails as a whole: problems are
@@ -249,8 +253,8 @@ fn attr_name(line: &[u8]) -> Option<String> {
     let colon = line.iter().position(|&b| b == b':')?;
     let name = &line[..colon];
     let base = name.split(|&b| b == b';').next().unwrap_or(name);
-    let valid = !base.is_empty()
-        && name.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b';' | b'_'));
+    let valid =
+        !base.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b';' | b'_'));
     valid.then(|| String::from_utf8_lossy(base).to_ascii_lowercase())
 }
 
@@ -333,7 +337,9 @@ mod tests {
 
     #[test]
     fn folding_joins_lines_exactly() {
-        let input = "dn: uid=bob,ou=peo\n ple,dc=example,dc=org\ndescription: one two\n  three\nsshPublicKey: ssh-ed25519 AAAA\n BBBB bob@host\n";
+        let input = "dn: uid=bob,ou=peo\n ple,dc=example,dc=org\n\
+                     description: one two\n  three\n\
+                     sshPublicKey: ssh-ed25519 AAAA\n BBBB bob@host\n";
         let got = entries(input);
         assert_eq!(got[0].0, "uid=bob,ou=people,dc=example,dc=org");
         assert_eq!(text(&got[0].1, "description"), ["one two three"]);
@@ -346,7 +352,8 @@ mod tests {
         let pw = BASE64.encode("{SSHA}abc+/=");
         let dn = BASE64.encode("uid=jörg,ou=people,dc=example,dc=org");
         let (a, b) = pw.split_at(5);
-        let input = format!("dn:: {dn}\nuserPassword:: {a}\n {b}\njpegPhoto;binary:: AAEC\ncn:: {}\n", BASE64.encode("Jörg"));
+        let input =
+            format!("dn:: {dn}\nuserPassword:: {a}\n {b}\njpegPhoto;binary:: AAEC\ncn:: {}\n", BASE64.encode("Jörg"));
         let got = entries(&input);
         assert_eq!(got[0].0, "uid=jörg,ou=people,dc=example,dc=org");
         assert_eq!(got[0].1.values("userpassword"), [b"{SSHA}abc+/=".to_vec()]);
@@ -426,7 +433,10 @@ mod tests {
 
     #[test]
     fn ldapsearch_trailer_is_ignored() {
-        let got = entries("# extended LDIF\nversion: 1\n\ndn: cn=a\ncn: a\n\n# search result\nsearch: 2\nresult: 0 Success\n\n# numResponses: 2\n");
+        let got = entries(
+            "# extended LDIF\nversion: 1\n\ndn: cn=a\ncn: a\n\n\
+             # search result\nsearch: 2\nresult: 0 Success\n\n# numResponses: 2\n",
+        );
         assert_eq!(got.len(), 1);
     }
 

@@ -27,7 +27,7 @@ pub fn apply(session: &Session, req: &LdapCompareRequest) -> LdapResult {
     let Some(want) = std::str::from_utf8(&req.val).ok().and_then(|v| schema::normalize(rule, v)) else {
         return result(LdapResultCode::InvalidAttributeSyntax, "value does not fit the attribute's syntax");
     };
-    if attr.values.iter().any(|v| schema::normalize(rule, v).as_deref() == Some(want.as_str())) {
+    if attr.values().any(|v| schema::normalize(rule, v).as_deref() == Some(want.as_str())) {
         result(LdapResultCode::CompareTrue, "")
     } else {
         result(LdapResultCode::CompareFalse, "")

@@ -13,7 +13,7 @@ use ldap3_proto::proto::{
     LdapSearchScope,
 };
 
-use crate::directory::{Attr, Entry, Snapshot, dn, schema};
+use crate::directory::{AttrRef, Entry, Snapshot, dn, schema};
 use crate::ldap::error::{result, success};
 use crate::ldap::filter::{self, Tri};
 use crate::ldap::session::{Cursor, Session};
@@ -45,25 +45,23 @@ impl Selection {
         s
     }
 
-    fn wants(&self, attr: &Attr, operational: bool) -> bool {
-        (if operational { self.all_operational } else { self.all_user })
+    fn wants(&self, attr: &AttrRef<'_>) -> bool {
+        (if attr.operational { self.all_operational } else { self.all_user })
             || self.named.iter().any(|n| n.eq_ignore_ascii_case(attr.name))
     }
 }
 
 /// Converts an entry into a result message with the selected attributes.
 fn render(entry: &Entry, sel: &Selection, types_only: bool, msgid: i32) -> LdapMsg {
-    let user = entry.attrs.iter().map(|a| (a, false));
-    let oper = entry.operational.iter().map(|a| (a, true));
-    let attributes = user
-        .chain(oper)
-        .filter(|(a, op)| sel.wants(a, *op))
-        .map(|(a, _)| LdapPartialAttribute {
+    let attributes = entry
+        .attributes()
+        .filter(|a| sel.wants(a))
+        .map(|a| LdapPartialAttribute {
             atype: a.name.to_string(),
-            vals: if types_only { Vec::new() } else { a.values.iter().map(|v| v.as_bytes().to_vec()).collect() },
+            vals: if types_only { Vec::new() } else { a.values().map(|v| v.as_bytes().to_vec()).collect() },
         })
         .collect();
-    LdapMsg::new(msgid, LdapOp::SearchResultEntry(LdapSearchResultEntry { dn: entry.dn.clone(), attributes }))
+    LdapMsg::new(msgid, LdapOp::SearchResultEntry(LdapSearchResultEntry { dn: entry.dn.to_string(), attributes }))
 }
 
 fn done(msgid: i32, res: LdapResult, paged_cookie: Option<Vec<u8>>) -> LdapMsg {
@@ -128,7 +126,7 @@ fn matching(session: &Session, snap: &Snapshot, req: &LdapSearchRequest, base: &
     if !under_us || (!base_exists && session.bound.is_some()) {
         let mut res = result(LdapResultCode::NoSuchObject, "no such entry");
         if under_us {
-            res.matcheddn = snap.entries.first().map(|e| e.dn.clone()).unwrap_or_default();
+            res.matcheddn = snap.entries.first().map(|e| e.dn.to_string()).unwrap_or_default();
         }
         return Err(res);
     }
@@ -138,9 +136,9 @@ fn matching(session: &Session, snap: &Snapshot, req: &LdapSearchRequest, base: &
     }
     let suffix = format!(",{base}");
     let in_scope = |e: &Entry| match req.scope {
-        LdapSearchScope::Base => e.ndn == base,
-        LdapSearchScope::OneLevel => e.parent_ndn == base,
-        LdapSearchScope::Subtree => base.is_empty() || e.ndn == base || e.ndn.ends_with(&suffix),
+        LdapSearchScope::Base => &*e.ndn == base,
+        LdapSearchScope::OneLevel => &*e.parent_ndn == base,
+        LdapSearchScope::Subtree => base.is_empty() || &*e.ndn == base || e.ndn.ends_with(&suffix),
         LdapSearchScope::Children => !e.ndn.is_empty() && (base.is_empty() || e.ndn.ends_with(&suffix)),
     };
     let keep = |&p: &u32| {
