@@ -114,7 +114,9 @@ impl Identity {
         }
         let Some(account) = account else {
             self.hasher.verify(self.dummy_hash.clone(), password.to_string()).await;
-            self.lockout.record_failure(&ndn, source, now);
+            // Unknown DNs count against the address only, so an account
+            // created later does not start out locked.
+            self.lockout.record_source_failure(source, now);
             return Err(BindFailure::UnknownDn);
         };
         if account.disabled {

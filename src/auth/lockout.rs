@@ -100,6 +100,14 @@ impl Lockout {
         }
     }
 
+    /// Records a failure that names no existing account: only the address counts.
+    pub fn record_source_failure(&self, source: Option<IpAddr>, now: i64) {
+        let p = self.policy;
+        if let (Some(ip), Ok(mut t)) = (source, self.sources.lock()) {
+            t.fail(&ip, now, p.source_max_failures, p.source_lock_secs);
+        }
+    }
+
     /// Records a successful check: the account's failures are forgotten.
     pub fn record_success(&self, account: &str) {
         if let Ok(mut t) = self.accounts.lock() {
