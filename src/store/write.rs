@@ -36,6 +36,12 @@ pub struct NewGroup {
     pub gid_number: Option<i64>,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum NumberKind {
+    Uid,
+    Gid,
+}
+
 /// An open write transaction; dropped without [`WriteTx::commit`] it rolls back.
 pub struct WriteTx {
     tx: Transaction<'static, Sqlite>,
@@ -122,6 +128,29 @@ impl WriteTx {
         Err(StoreError::IdRangeExhausted(dir.id_range_start, dir.id_range_end))
     }
 
+    /// The requested uid/gid number if it is valid and free, else the next allocated one.
+    async fn choose_number(
+        &mut self,
+        requested: Option<i64>,
+        kind: NumberKind,
+        dir: &DirectoryConfig,
+    ) -> StoreResult<i64> {
+        let (label, sql) = match kind {
+            NumberKind::Uid => ("uidNumber", "SELECT 1 FROM users WHERE uid_number = ?"),
+            NumberKind::Gid => ("gidNumber", "SELECT 1 FROM groups WHERE gid_number = ?"),
+        };
+        match requested {
+            None => self.allocate_id(dir).await,
+            Some(n) if n <= 0 => Err(StoreError::Invalid(format!("{label} {n} must be positive"))),
+            Some(n) => {
+                if sqlx::query(sql).bind(n).fetch_optional(&mut *self.tx).await?.is_some() {
+                    return Err(StoreError::Invalid(format!("{label} {n} is already in use")));
+                }
+                Ok(n)
+            }
+        }
+    }
+
     async fn id_taken(&mut self, id: i64) -> StoreResult<bool> {
         let row =
             sqlx::query("SELECT 1 FROM users WHERE uid_number = ? UNION ALL SELECT 1 FROM groups WHERE gid_number = ?")
@@ -194,20 +223,7 @@ impl WriteTx {
         if self.exists(Kind::User, &new.name).await? {
             return Err(StoreError::Duplicate(Kind::User, new.name));
         }
-        let uid_number = match new.uid_number {
-            Some(n) if n <= 0 => return Err(StoreError::Invalid(format!("uidNumber {n} must be positive"))),
-            Some(n) => {
-                let taken = sqlx::query("SELECT 1 FROM users WHERE uid_number = ?")
-                    .bind(n)
-                    .fetch_optional(&mut *self.tx)
-                    .await?;
-                if taken.is_some() {
-                    return Err(StoreError::Invalid(format!("uidNumber {n} is already in use")));
-                }
-                n
-            }
-            None => self.allocate_id(dir).await?,
-        };
+        let uid_number = self.choose_number(new.uid_number, NumberKind::Uid, dir).await?;
         let gid_number = match new.gid_number {
             Some(n) if n <= 0 => return Err(StoreError::Invalid(format!("gidNumber {n} must be positive"))),
             Some(n) => n,
@@ -387,20 +403,7 @@ impl WriteTx {
         if self.exists(Kind::Group, &new.name).await? {
             return Err(StoreError::Duplicate(Kind::Group, new.name));
         }
-        let gid = match new.gid_number {
-            Some(n) if n <= 0 => return Err(StoreError::Invalid(format!("gidNumber {n} must be positive"))),
-            Some(n) => {
-                let taken = sqlx::query("SELECT 1 FROM groups WHERE gid_number = ?")
-                    .bind(n)
-                    .fetch_optional(&mut *self.tx)
-                    .await?;
-                if taken.is_some() {
-                    return Err(StoreError::Invalid(format!("gidNumber {n} is already in use")));
-                }
-                n
-            }
-            None => self.allocate_id(dir).await?,
-        };
+        let gid = self.choose_number(new.gid_number, NumberKind::Gid, dir).await?;
         sqlx::query(
             "INSERT INTO groups (id, name, gid_number, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
