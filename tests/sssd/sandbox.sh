@@ -60,7 +60,9 @@ mkdir -p "$W/etc-sssd/conf.d" "$W/var-log-sssd" "$W/home" "$W/runfs" "$W/logrec"
 install -m 0600 "$W/sssd.conf" "$W/etc-sssd/sssd.conf"
 if [ -d "$W/sssd.conf.d" ]; then
     for f in "$W"/sssd.conf.d/*.conf; do
-        [ -e "$f" ] && install -m 0600 "$f" "$W/etc-sssd/conf.d/"
+        if [ -e "$f" ]; then
+            install -m 0600 "$f" "$W/etc-sssd/conf.d/"
+        fi
     done
 fi
 chmod 0711 "$W/etc-sssd"
@@ -87,6 +89,8 @@ m --bind "$W/home" /home
 for f in btmp wtmp lastlog faillog; do
     if [ -f "/var/log/$f" ]; then
         : >"$W/logrec/$f"
+        chown --reference="/var/log/$f" "$W/logrec/$f"
+        chmod --reference="/var/log/$f" "$W/logrec/$f"
         m --bind "$W/logrec/$f" "/var/log/$f"
     fi
 done
@@ -134,11 +138,13 @@ done
 # --- sshd (optional) ---------------------------------------------------------
 if [ -f "$W/sshd_config" ]; then
     /usr/sbin/sshd -t -f "$W/sshd_config" 2>"$W/sshd-check.err" || fail "sshd -t rejected the config: $(cat "$W/sshd-check.err")"
-    /usr/sbin/sshd -D -f "$W/sshd_config" -E "$W/sshd.log" </dev/null &
+    /usr/sbin/sshd -D -f "$W/sshd_config" -E "$W/sshd.log" </dev/null >>"$W/sshd.log" 2>&1 &
     SSHD_PID=$!
     echo "$SSHD_PID" >"$W/sshd.main.pid"
 fi
 
 echo READY
+# The caller stops reading after READY: nothing more may go to that pipe.
+exec >>"$W/sandbox.err"
 # Live until the caller closes stdin.
 cat >/dev/null || true
