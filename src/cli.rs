@@ -337,7 +337,9 @@ async fn group(config: &Config, store: &Store, cmd: GroupCmd, actor: &Actor) -> 
     match cmd {
         GroupCmd::Add { name, description, gid_number } => {
             let mut tx = store.begin().await?;
-            let gid = tx.add_group(NewGroup { name: name.clone(), description, gid_number }, &config.directory, actor).await?;
+            let gid = tx
+                .add_group(NewGroup { name: name.clone(), description, gid_number }, &config.directory, actor)
+                .await?;
             tx.commit().await?;
             println!("created group {name} (gidNumber {gid})");
         }
@@ -359,12 +361,8 @@ async fn group(config: &Config, store: &Store, cmd: GroupCmd, actor: &Actor) -> 
             let Some(g) = data.groups.iter().find(|g| g.name == name) else {
                 bail!("{} {name:?} does not exist", Kind::Group)
             };
-            let members: Vec<&str> = data
-                .users
-                .iter()
-                .filter(|u| g.member_ids.contains(&u.id))
-                .map(|u| u.name.as_str())
-                .collect();
+            let members: Vec<&str> =
+                data.users.iter().filter(|u| g.member_ids.contains(&u.id)).map(|u| u.name.as_str()).collect();
             println!("name:           {}", g.name);
             println!("gidNumber:      {}", g.gid_number);
             println!("description:    {}", g.description);

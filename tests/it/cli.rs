@@ -18,9 +18,18 @@ fn errors_name_the_problem() {
     assert!(failure(&server, &["user", "add", "pcalice"], None).contains("user \"pcalice\" already exists"));
     assert!(failure(&server, &["user", "add", "Not Valid"], None).contains("invalid user name"));
     assert!(failure(&server, &["user", "add", "pcbob", "--email", "nope"], None).contains("invalid e-mail"));
-    assert!(failure(&server, &["user", "passwd", "ghost", "--password-stdin"], Some("long-enough-pw\n")).contains("user \"ghost\" does not exist"));
-    assert!(failure(&server, &["user", "passwd", "pcalice", "--password-stdin"], Some("short\n")).contains("password must be"));
-    assert!(failure(&server, &["group", "add-member", "nogroup", "pcalice"], None).contains("group \"nogroup\" does not exist"));
+    assert!(
+        failure(&server, &["user", "passwd", "ghost", "--password-stdin"], Some("long-enough-pw\n"))
+            .contains("user \"ghost\" does not exist")
+    );
+    assert!(
+        failure(&server, &["user", "passwd", "pcalice", "--password-stdin"], Some("short\n"))
+            .contains("password must be")
+    );
+    assert!(
+        failure(&server, &["group", "add-member", "nogroup", "pcalice"], None)
+            .contains("group \"nogroup\" does not exist")
+    );
     server.cli(&["group", "add", "pcdevs"], None);
     assert!(failure(&server, &["group", "add", "pcdevs"], None).contains("already exists"));
     assert!(failure(&server, &["group", "remove-member", "pcdevs", "pcalice"], None).contains("is not a member"));
@@ -37,7 +46,9 @@ fn errors_name_the_problem() {
 fn help_documents_every_command() {
     let out = Command::new(BIN).arg("--help").output().expect("run --help");
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "user", "group", "service-account", "import", "audit", "--config", "--data-dir", "PORTCULLIS_"] {
+    for word in
+        ["serve", "user", "group", "service-account", "import", "audit", "--config", "--data-dir", "PORTCULLIS_"]
+    {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
     let out = Command::new(BIN).args(["group", "--help"]).output().expect("run group --help");
