@@ -27,8 +27,7 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use ldap3_proto::LdapCodec;
 use ldap3_proto::proto::{
-    LdapBindCred, LdapBindRequest, LdapDerefAliases, LdapFilter, LdapMsg, LdapOp, LdapResultCode, LdapSearchRequest,
-    LdapSearchScope,
+    LdapBindCred, LdapBindRequest, LdapDerefAliases, LdapFilter, LdapMsg, LdapOp, LdapSearchRequest, LdapSearchScope,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -136,7 +135,92 @@ impl Tally {
     }
 }
 
-type Conn = Framed<TcpStream, LdapCodec>;
+type Conn = Framed<TcpStream, LiteCodec>;
+
+/// The parts of a server message the load generator looks at.
+#[derive(Debug)]
+struct Reply {
+    msgid: i64,
+    /// The protocolOp's BER tag byte, e.g. 0x61 BindResponse, 0x64 entry, 0x65 done.
+    op: u8,
+    /// The resultCode, for ops that carry an LDAPResult first.
+    code: Option<i64>,
+}
+
+const OP_BIND_RESPONSE: u8 = 0x61;
+const OP_SEARCH_ENTRY: u8 = 0x64;
+const OP_SEARCH_DONE: u8 = 0x65;
+const OP_EXTENDED_RESPONSE: u8 = 0x78;
+
+/// Encodes requests with `ldap3_proto`; decodes responses only as far as
+/// [`Reply`] needs, so the client spends little CPU next to the server.
+#[derive(Default)]
+struct LiteCodec {
+    inner: LdapCodec,
+}
+
+impl tokio_util::codec::Encoder<LdapMsg> for LiteCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, msg: LdapMsg, buf: &mut bytes::BytesMut) -> std::io::Result<()> {
+        self.inner.encode(msg, buf)
+    }
+}
+
+impl tokio_util::codec::Decoder for LiteCodec {
+    type Item = Reply;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Reply>> {
+        let bad = |what: &str| std::io::Error::other(format!("malformed response: {what}"));
+        let Some((tag, body, total)) = tlv(buf, 0)? else { return Ok(None) };
+        if tag != 0x30 {
+            return Err(bad("not a SEQUENCE"));
+        }
+        let msg = &buf[body..total];
+        let (id_tag, id_body, id_end) = tlv(msg, 0)?.ok_or_else(|| bad("no messageID"))?;
+        if id_tag != 0x02 {
+            return Err(bad("messageID is not an INTEGER"));
+        }
+        let msgid = integer(&msg[id_body..id_end]);
+        let (op, op_body, op_end) = tlv(msg, id_end)?.ok_or_else(|| bad("no protocolOp"))?;
+        let code = match tlv(&msg[..op_end], op_body) {
+            Ok(Some((0x0a, b, e))) if matches!(op, OP_BIND_RESPONSE | OP_SEARCH_DONE | OP_EXTENDED_RESPONSE) => {
+                Some(integer(&msg[b..e]))
+            }
+            _ => None,
+        };
+        bytes::Buf::advance(buf, total);
+        Ok(Some(Reply { msgid, op, code }))
+    }
+}
+
+/// Reads one BER tag-length at `at`: (tag, start of value, end of value),
+/// or `None` when `buf` does not yet hold all of it.
+fn tlv(buf: &[u8], at: usize) -> std::io::Result<Option<(u8, usize, usize)>> {
+    let Some(&tag) = buf.get(at) else { return Ok(None) };
+    let Some(&first) = buf.get(at + 1) else { return Ok(None) };
+    let (len, start) = if first < 0x80 {
+        (usize::from(first), at + 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return Err(std::io::Error::other("unsupported BER length"));
+        }
+        let Some(bytes) = buf.get(at + 2..at + 2 + n) else { return Ok(None) };
+        (bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b)), at + 2 + n)
+    };
+    if buf.len() < start + len {
+        return Ok(None);
+    }
+    Ok(Some((tag, start, start + len)))
+}
+
+/// A BER INTEGER/ENUMERATED value (two's complement, big-endian).
+fn integer(bytes: &[u8]) -> i64 {
+    let init = if bytes.first().is_some_and(|b| b & 0x80 != 0) { -1 } else { 0 };
+    bytes.iter().take(8).fold(init, |acc: i64, &b| (acc << 8) | i64::from(b))
+}
 
 fn owasp_argon2() -> anyhow::Result<Argon2<'static>> {
     let params = Params::new(19 * 1024, 2, 1, None).map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
@@ -201,12 +285,13 @@ async fn drive(load: Load, mode: Mode) -> anyhow::Result<()> {
     // Connect (and, for searches, bind) every worker before the clock starts.
     let mut conns = Vec::with_capacity(load.concurrency);
     for _ in 0..load.concurrency.max(1) {
-        let stream = TcpStream::connect(&load.addr).await.with_context(|| format!("cannot connect to {}", load.addr))?;
+        let stream =
+            TcpStream::connect(&load.addr).await.with_context(|| format!("cannot connect to {}", load.addr))?;
         stream.set_nodelay(true)?;
-        let mut conn = Framed::new(stream, LdapCodec::default());
+        let mut conn = Framed::new(stream, LiteCodec::default());
         if let Mode::Search(s) = &mode {
             let code = bind(&mut conn, 1, &s.bind_dn, &s.password).await?;
-            if code != LdapResultCode::Success {
+            if code != 0 {
                 bail!("bind as {} failed: {code:?}", s.bind_dn);
             }
         }
@@ -254,13 +339,7 @@ async fn drive(load: Load, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn worker(
-    mut conn: Conn,
-    load: &Load,
-    mode: &Mode,
-    template: Option<&LdapFilter>,
-    deadline: Instant,
-) -> Tally {
+async fn worker(mut conn: Conn, load: &Load, mode: &Mode, template: Option<&LdapFilter>, deadline: Instant) -> Tally {
     let mut tally = Tally::default();
     let mut rng = StdRng::from_entropy();
     let mut msgid: i32 = 2;
@@ -270,9 +349,9 @@ async fn worker(
         let started = Instant::now();
         let outcome = match (mode, template) {
             (Mode::Search(s), Some(t)) => search(&mut conn, msgid, s, substitute(t, &n)).await,
-            (Mode::Bind(b), _) => bind(&mut conn, msgid, &b.dn.replace("{n}", &n), &b.password).await.map(|code| {
-                if code == LdapResultCode::Success { Outcome::Ok } else { Outcome::Failed(format!("bind: {code:?}")) }
-            }),
+            (Mode::Bind(b), _) => bind(&mut conn, msgid, &b.dn.replace("{n}", &n), &b.password)
+                .await
+                .map(|code| if code == 0 { Outcome::Ok } else { Outcome::Failed(format!("bind: resultCode {code}")) }),
             (Mode::Search(_), None) => Ok(Outcome::Failed("no filter".into())),
         };
         let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
@@ -304,7 +383,7 @@ enum Outcome {
     Failed(String),
 }
 
-async fn next(conn: &mut Conn) -> anyhow::Result<LdapMsg> {
+async fn next(conn: &mut Conn) -> anyhow::Result<Reply> {
     match conn.next().await {
         Some(Ok(m)) => Ok(m),
         Some(Err(e)) => Err(e.into()),
@@ -312,14 +391,15 @@ async fn next(conn: &mut Conn) -> anyhow::Result<LdapMsg> {
     }
 }
 
-async fn bind(conn: &mut Conn, msgid: i32, dn: &str, password: &str) -> anyhow::Result<LdapResultCode> {
+/// Sends a simple bind and returns its resultCode.
+async fn bind(conn: &mut Conn, msgid: i32, dn: &str, password: &str) -> anyhow::Result<i64> {
     let req = LdapBindRequest { version: 3, dn: dn.to_string(), cred: LdapBindCred::Simple(password.to_string()) };
     conn.send(LdapMsg::new(msgid, LdapOp::BindRequest(req))).await?;
     loop {
-        let msg = next(conn).await?;
-        match msg.op {
-            LdapOp::BindResponse(r) if msg.msgid == msgid => return Ok(r.res.code),
-            LdapOp::ExtendedResponse(r) if msg.msgid == 0 => bail!("notice of disconnection: {}", r.res.message),
+        let r = next(conn).await?;
+        match r.op {
+            OP_BIND_RESPONSE if r.msgid == i64::from(msgid) => return Ok(r.code.unwrap_or(-1)),
+            OP_EXTENDED_RESPONSE if r.msgid == 0 => bail!("notice of disconnection"),
             _ => {}
         }
     }
@@ -340,17 +420,16 @@ async fn search(conn: &mut Conn, msgid: i32, args: &SearchArgs, filter: LdapFilt
     conn.send(LdapMsg::new(msgid, LdapOp::SearchRequest(req))).await?;
     let mut entries = 0;
     loop {
-        let msg = next(conn).await?;
-        match msg.op {
-            LdapOp::SearchResultEntry(_) if msg.msgid == msgid => entries += 1,
-            LdapOp::SearchResultDone(r) if msg.msgid == msgid => {
-                return Ok(if r.code == LdapResultCode::Success {
-                    Outcome::Count(entries)
-                } else {
-                    Outcome::Failed(format!("search: {:?} {}", r.code, r.message))
+        let r = next(conn).await?;
+        match r.op {
+            OP_SEARCH_ENTRY if r.msgid == i64::from(msgid) => entries += 1,
+            OP_SEARCH_DONE if r.msgid == i64::from(msgid) => {
+                return Ok(match r.code {
+                    Some(0) => Outcome::Count(entries),
+                    code => Outcome::Failed(format!("search: resultCode {code:?}")),
                 });
             }
-            LdapOp::ExtendedResponse(r) if msg.msgid == 0 => bail!("notice of disconnection: {}", r.res.message),
+            OP_EXTENDED_RESPONSE if r.msgid == 0 => bail!("notice of disconnection"),
             _ => {}
         }
     }
