@@ -145,11 +145,11 @@ impl Identity {
     async fn rehash(&self, user: &str, old: &str, password: &str) -> StoreResult<()> {
         let new = self.hasher.hash(password.to_string()).await.map_err(StoreError::Invalid)?;
         let mut tx = self.store.begin().await?;
-        let changed = tx.upgrade_user_password_hash(user, old, &new).await?;
+        tx.upgrade_user_password_hash(user, old, &new).await?;
         tx.commit().await?;
-        if changed {
-            self.reload().await?;
-        }
+        // No reload here: the refresher picks the change up within 250 ms,
+        // and until then the old hash still verifies (a second upgrade
+        // attempt finds the hash changed and does nothing).
         Ok(())
     }
 
@@ -261,6 +261,7 @@ mod tests {
         assert!(id.bind(dn, "old-secret", None).await.is_ok());
         let stored = id.store.user("imported").await.unwrap().unwrap().password_hash.unwrap();
         assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+        assert!(id.reload_if_changed().await.unwrap());
         assert!(id.bind(dn, "old-secret", None).await.is_ok(), "the new hash verifies");
         let audit = id.store.audit_tail(1).await.unwrap();
         assert_eq!(audit[0].action, "user.password.rehash");

@@ -5,11 +5,11 @@
 //! should be re-hashed. These functions are CPU-bound: call them off the
 //! async runtime (see [`super::Authenticator`]).
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::PasswordHash;
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
@@ -28,10 +28,26 @@ pub enum Verdict {
     MatchNeedsRehash,
 }
 
-fn argon2() -> Argon2<'static> {
-    // OWASP 2023: m=19456 KiB, t=2, p=1. These constants are valid by construction.
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+/// OWASP 2023 argon2id settings: m=19456 KiB, t=2, p=1, 32-byte output.
+const M_COST: u32 = 19 * 1024;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+const OUTPUT_LEN: usize = 32;
+/// Largest memory cost accepted from an imported hash (256 MiB).
+const MAX_M_COST: u32 = 256 * 1024;
+
+/// Working memory for argon2, kept by a hashing worker between hashes so
+/// each hash does not fault in 19 MiB of fresh pages.
+pub type Memory = Option<Vec<Block>>;
+
+/// Runs argon2 into `out`, reusing `memory` when it has the right size.
+fn argon2_into(alg: Algorithm, version: Version, params: Params, password: &[u8], salt: &[u8], out: &mut [u8], memory: &mut Memory) -> bool {
+    let need = params.block_count();
+    let blocks = memory.get_or_insert_with(Vec::new);
+    if blocks.len() != need {
+        *blocks = vec![Block::default(); need];
+    }
+    Argon2::new(alg, version, params).hash_password_into_with_memory(password, salt, out, blocks.as_mut_slice()).is_ok()
 }
 
 /// Hashes a password with argon2id and a random salt, as a PHC string.
@@ -39,25 +55,45 @@ fn argon2() -> Argon2<'static> {
 /// # Errors
 /// Only if the password exceeds [`MAX_PASSWORD_LEN`] or argon2 rejects it.
 pub fn hash_password(password: &str) -> Result<String, String> {
+    hash_password_with(password, &mut None)
+}
+
+/// [`hash_password`] with reusable working memory.
+///
+/// # Errors
+/// As [`hash_password`].
+pub fn hash_password_with(password: &str, memory: &mut Memory) -> Result<String, String> {
     if password.len() > MAX_PASSWORD_LEN {
         return Err(format!("password longer than {MAX_PASSWORD_LEN} bytes"));
     }
-    let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| format!("cannot hash password: {e}"))
+    let mut salt = [0u8; 16];
+    OsRng.fill_bytes(&mut salt);
+    let params = Params::new(M_COST, T_COST, P_COST, Some(OUTPUT_LEN)).map_err(|e| e.to_string())?;
+    let mut out = [0u8; OUTPUT_LEN];
+    if !argon2_into(Algorithm::Argon2id, Version::V0x13, params, password.as_bytes(), &salt, &mut out, memory) {
+        return Err("cannot hash password".into());
+    }
+    Ok(format!(
+        "$argon2id$v=19$m={M_COST},t={T_COST},p={P_COST}${}${}",
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(out)
+    ))
 }
 
 /// Checks `password` against `stored` in any supported scheme, in constant
 /// time with respect to the password where the scheme allows.
 pub fn verify_password(stored: &str, password: &str) -> Verdict {
+    verify_password_with(stored, password, &mut None)
+}
+
+/// [`verify_password`] with reusable working memory.
+pub fn verify_password_with(stored: &str, password: &str, memory: &mut Memory) -> Verdict {
     if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
         return Verdict::Mismatch;
     }
     let (scheme, rest) = split_scheme(stored);
     let ok = match scheme.as_deref() {
-        None | Some("ARGON2") => return verify_argon2(rest, password, scheme.is_some()),
+        None | Some("ARGON2") => return verify_argon2(rest, password, memory),
         Some("SSHA") => salted_digest::<Sha1>(rest, password, 20),
         Some("SSHA256") => salted_digest::<Sha256>(rest, password, 32),
         Some("SSHA512") => salted_digest::<Sha512>(rest, password, 64),
@@ -91,20 +127,42 @@ fn split_scheme(stored: &str) -> (Option<String>, &str) {
     (None, stored)
 }
 
-fn verify_argon2(phc: &str, password: &str, imported: bool) -> Verdict {
-    let Ok(parsed) = PasswordHash::new(phc) else {
+fn verify_argon2(phc: &str, password: &str, memory: &mut Memory) -> Verdict {
+    let Some((ok, current)) = check_argon2(phc, password, memory) else {
         return Verdict::Mismatch;
     };
-    // Verify with the parameters recorded in the hash itself.
-    if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
-        return Verdict::Mismatch;
+    match (ok, current) {
+        (false, _) => Verdict::Mismatch,
+        (true, true) => Verdict::Match,
+        (true, false) => Verdict::MatchNeedsRehash,
     }
-    let current = !imported
-        && parsed.algorithm.as_str() == "argon2id"
-        && parsed.params.get_decimal("m") == Some(19 * 1024)
-        && parsed.params.get_decimal("t") == Some(2)
-        && parsed.params.get_decimal("p") == Some(1);
-    if current { Verdict::Match } else { Verdict::MatchNeedsRehash }
+}
+
+/// Recomputes a PHC argon2 hash with its own parameters: (matches, is at current settings).
+fn check_argon2(phc: &str, password: &str, memory: &mut Memory) -> Option<(bool, bool)> {
+    let parsed = PasswordHash::new(phc).ok()?;
+    let alg = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).ok()?,
+        None => Version::V0x10,
+    };
+    let decimal = |name: &str| parsed.params.get_decimal(name);
+    let (m, t, p) = (decimal("m")?, decimal("t")?, decimal("p")?);
+    if m > MAX_M_COST {
+        return None;
+    }
+    let expected = parsed.hash?;
+    let expected = expected.as_bytes();
+    let mut salt_buf = [0u8; 64];
+    let salt = parsed.salt?.decode_b64(&mut salt_buf).ok()?;
+    let params = Params::new(m, t, p, Some(expected.len())).ok()?;
+    let mut out = vec![0u8; expected.len()];
+    if !argon2_into(alg, version, params, password.as_bytes(), salt, &mut out, memory) {
+        return None;
+    }
+    let ok = bool::from(out.as_slice().ct_eq(expected));
+    let current = alg == Algorithm::Argon2id && version == Version::V0x13 && (m, t, p) == (M_COST, T_COST, P_COST);
+    Some((ok, current))
 }
 
 fn salted_digest<D: Digest>(b64: &str, password: &str, digest_len: usize) -> bool {
@@ -147,7 +205,23 @@ mod tests {
         assert_eq!(verify_password(&h, "correct horse"), Verdict::Match);
         assert_eq!(verify_password(&h, "wrong"), Verdict::Mismatch);
         assert_eq!(verify_password(&h, ""), Verdict::Mismatch);
-        assert_eq!(verify_password(&format!("{{ARGON2}}{h}"), "correct horse"), Verdict::MatchNeedsRehash);
+        // OpenLDAP's {ARGON2} prefix around current parameters needs no re-hash.
+        assert_eq!(verify_password(&format!("{{ARGON2}}{h}"), "correct horse"), Verdict::Match);
+        // The reference implementation accepts our PHC strings, and we accept its.
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
+        let parsed = PasswordHash::new(&h).unwrap();
+        assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
+        let theirs = Argon2::default().hash_password(b"pw-theirs", &SaltString::generate(&mut OsRng)).unwrap().to_string();
+        assert_eq!(verify_password(&theirs, "pw-theirs"), Verdict::Match);
+        // Other parameters verify, and ask to be upgraded.
+        let weak = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(4096, 1, 1, None).unwrap())
+            .hash_password(b"pw-weak", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        let mut memory = None;
+        assert_eq!(verify_password_with(&weak, "pw-weak", &mut memory), Verdict::MatchNeedsRehash);
+        assert_eq!(verify_password_with(&h, "correct horse", &mut memory), Verdict::Match, "memory is resized");
+        assert_eq!(verify_password_with(&weak, "wrong", &mut memory), Verdict::Mismatch);
     }
 
     #[test]

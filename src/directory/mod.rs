@@ -301,12 +301,14 @@ fn finish(
 #[derive(Debug)]
 pub struct Directory {
     current: ArcSwap<Snapshot>,
+    /// Serialises replacements so an older snapshot never replaces a newer one.
+    replacing: std::sync::Mutex<()>,
 }
 
 impl Directory {
     /// A directory holding `snapshot`.
     pub fn new(snapshot: Snapshot) -> Self {
-        Self { current: ArcSwap::from_pointee(snapshot) }
+        Self { current: ArcSwap::from_pointee(snapshot), replacing: std::sync::Mutex::new(()) }
     }
 
     /// The snapshot in force now; hold it for the length of one operation.
@@ -314,8 +316,12 @@ impl Directory {
         self.current.load_full()
     }
 
-    /// Installs a new snapshot.
+    /// Installs a new snapshot unless the one in force is newer (two
+    /// reloads can finish out of order).
     pub fn replace(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+        let _guard = self.replacing.lock();
+        if snapshot.generation >= self.current.load().generation {
+            self.current.store(Arc::new(snapshot));
+        }
     }
 }
