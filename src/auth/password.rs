@@ -41,7 +41,15 @@ const MAX_M_COST: u32 = 256 * 1024;
 pub type Memory = Option<Vec<Block>>;
 
 /// Runs argon2 into `out`, reusing `memory` when it has the right size.
-fn argon2_into(alg: Algorithm, version: Version, params: Params, password: &[u8], salt: &[u8], out: &mut [u8], memory: &mut Memory) -> bool {
+fn argon2_into(
+    alg: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    memory: &mut Memory,
+) -> bool {
     let need = params.block_count();
     let blocks = memory.get_or_insert_with(Vec::new);
     if blocks.len() != need {
@@ -211,7 +219,8 @@ mod tests {
         use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
         let parsed = PasswordHash::new(&h).unwrap();
         assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
-        let theirs = Argon2::default().hash_password(b"pw-theirs", &SaltString::generate(&mut OsRng)).unwrap().to_string();
+        let theirs =
+            Argon2::default().hash_password(b"pw-theirs", &SaltString::generate(&mut OsRng)).unwrap().to_string();
         assert_eq!(verify_password(&theirs, "pw-theirs"), Verdict::Match);
         // Other parameters verify, and ask to be upgraded.
         let weak = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(4096, 1, 1, None).unwrap())
