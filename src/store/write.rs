@@ -305,16 +305,18 @@ impl WriteTx {
         check_ssh_key(key)?;
         let id = self.id_of(Kind::User, user).await?;
         self.insert_ssh_key(&id, key).await?;
-        self.touch_user(&id).await?;
+        self.touch(Kind::User, &id).await?;
         self.audit(actor, "user.ssh_key.add", user, "").await
     }
 
-    async fn touch_user(&mut self, id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET updated_at = ? WHERE id = ?")
-            .bind(self.now)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
+    /// Bumps `updated_at` (hence modifyTimestamp) of a user or group.
+    async fn touch(&mut self, kind: Kind, id: &str) -> StoreResult<()> {
+        let sql = match kind {
+            Kind::User => "UPDATE users SET updated_at = ? WHERE id = ?",
+            Kind::Group => "UPDATE groups SET updated_at = ? WHERE id = ?",
+            Kind::ServiceAccount => "UPDATE service_accounts SET updated_at = ? WHERE id = ?",
+        };
+        sqlx::query(sql).bind(self.now).bind(id).execute(&mut *self.tx).await?;
         Ok(())
     }
 
@@ -447,7 +449,7 @@ impl WriteTx {
         if done.rows_affected() == 0 {
             return Err(StoreError::Invalid(format!("user {user:?} is already a member of group {group:?}")));
         }
-        self.touch_group(&gid).await?;
+        self.touch(Kind::Group, &gid).await?;
         self.audit(actor, "group.member.add", group, user).await
     }
 
@@ -466,17 +468,8 @@ impl WriteTx {
         if done.rows_affected() == 0 {
             return Err(StoreError::Invalid(format!("user {user:?} is not a member of group {group:?}")));
         }
-        self.touch_group(&gid).await?;
+        self.touch(Kind::Group, &gid).await?;
         self.audit(actor, "group.member.remove", group, user).await
-    }
-
-    async fn touch_group(&mut self, id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE groups SET updated_at = ? WHERE id = ?")
-            .bind(self.now)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
     }
 
     /// Creates a service account (bind-only identity).
