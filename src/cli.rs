@@ -50,6 +50,9 @@ pub enum Command {
     /// Manage service accounts: bind-only identities for SSSD and applications.
     #[command(subcommand, name = "service-account")]
     ServiceAccount(ServiceCmd),
+    /// Manage the OpenID provider: clients and signing keys.
+    #[command(subcommand)]
+    Oidc(OidcCmd),
     /// Import users, groups and memberships from another directory.
     #[command(subcommand)]
     Import(ImportCmd),
@@ -163,6 +166,56 @@ pub enum ServiceCmd {
     List,
 }
 
+/// `oidc …`
+#[derive(Debug, Subcommand)]
+pub enum OidcCmd {
+    /// Manage relying parties (web apps that sign in with Portcullis).
+    #[command(subcommand)]
+    Client(OidcClientCmd),
+    /// Manage token-signing keys.
+    #[command(subcommand)]
+    Key(OidcKeyCmd),
+}
+
+/// `oidc client …`
+#[derive(Debug, Subcommand)]
+pub enum OidcClientCmd {
+    /// Register a client; prints its secret once (confidential clients).
+    Add {
+        /// The client_id.
+        name: String,
+        /// Exact redirect URI (https, or http on loopback); may repeat.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Allowed post-logout redirect URI; may repeat.
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// A public client (no secret; PKCE required), e.g. a native app.
+        #[arg(long)]
+        public: bool,
+        /// Only members of this group may sign in; may repeat.
+        #[arg(long = "allowed-group")]
+        allowed_groups: Vec<String>,
+    },
+    /// List clients.
+    List,
+    /// Show one client.
+    Show { name: String },
+    /// Delete a client.
+    Del { name: String },
+    /// Replace a confidential client's secret; prints the new one once.
+    RotateSecret { name: String },
+}
+
+/// `oidc key …`
+#[derive(Debug, Subcommand)]
+pub enum OidcKeyCmd {
+    /// Make a new signing key; the previous one stays published until its tokens expire.
+    Rotate,
+    /// List signing keys.
+    List,
+}
+
 /// `import …`
 #[derive(Debug, Subcommand)]
 pub enum ImportCmd {
@@ -205,6 +258,8 @@ async fn admin(config: &Config, store: &Store, command: Command) -> anyhow::Resu
         Command::User(cmd) => user(config, store, cmd, &actor).await,
         Command::Group(cmd) => group(config, store, cmd, &actor).await,
         Command::ServiceAccount(cmd) => service(store, cmd, &actor).await,
+        Command::Oidc(OidcCmd::Client(cmd)) => oidc_client(store, cmd, &actor).await,
+        Command::Oidc(OidcCmd::Key(cmd)) => oidc_key(config, store, cmd, &actor).await,
         Command::Import(ImportCmd::Ldif { file, dry_run }) => {
             let report = crate::import::ldif::import_file(config, store, &file, dry_run, &actor).await?;
             println!("{report}");
@@ -414,6 +469,98 @@ async fn service(store: &Store, cmd: ServiceCmd, actor: &Actor) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow::Result<()> {
+    match cmd {
+        OidcClientCmd::Add { name, redirect_uris, post_logout_redirect_uris, public, allowed_groups } => {
+            let secret = (!public).then(client_secret);
+            let data = store.load_directory().await?;
+            for g in &allowed_groups {
+                if !data.groups.iter().any(|x| &x.name == g) {
+                    bail!("{} {g:?} does not exist", Kind::Group);
+                }
+            }
+            let mut tx = store.begin().await?;
+            let client = crate::model::OidcClient {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: name.clone(),
+                secret_hash: secret.as_deref().map(crate::oidc::hash_client_secret),
+                redirect_uris,
+                post_logout_redirect_uris,
+                allowed_groups,
+                created_at: tx.now(),
+                updated_at: tx.now(),
+            };
+            tx.add_oidc_client(&client, actor).await?;
+            tx.commit().await?;
+            println!("client_id:     {name}");
+            match secret {
+                Some(s) => println!("client_secret: {s}\n(shown once; store it now)"),
+                None => println!("public client: no secret, PKCE required"),
+            }
+        }
+        OidcClientCmd::List => {
+            for c in store.oidc_clients().await? {
+                let kind = if c.secret_hash.is_some() { "confidential" } else { "public" };
+                println!("{:<32} {:<12} {}", c.name, kind, c.redirect_uris.join(" "));
+            }
+        }
+        OidcClientCmd::Show { name } => {
+            let Some(c) = store.oidc_client(&name).await? else {
+                bail!("{} {name:?} does not exist", Kind::OidcClient)
+            };
+            println!("client_id:      {}", c.name);
+            println!("type:           {}", if c.secret_hash.is_some() { "confidential" } else { "public" });
+            println!("redirect URIs:  {}", c.redirect_uris.join(" "));
+            println!("logout URIs:    {}", c.post_logout_redirect_uris.join(" "));
+            println!(
+                "allowed groups: {}",
+                if c.allowed_groups.is_empty() { "(everyone)".to_string() } else { c.allowed_groups.join(", ") }
+            );
+        }
+        OidcClientCmd::Del { name } => {
+            let mut tx = store.begin().await?;
+            tx.delete_oidc_client(&name, actor).await?;
+            tx.commit().await?;
+            println!("client {name} deleted");
+        }
+        OidcClientCmd::RotateSecret { name } => {
+            let secret = client_secret();
+            let mut tx = store.begin().await?;
+            tx.set_oidc_client_secret_hash(&name, &crate::oidc::hash_client_secret(&secret), actor).await?;
+            tx.commit().await?;
+            println!("client_secret: {secret}\n(shown once; the old secret no longer works)");
+        }
+    }
+    Ok(())
+}
+
+async fn oidc_key(config: &Config, store: &Store, cmd: OidcKeyCmd, actor: &Actor) -> anyhow::Result<()> {
+    match cmd {
+        OidcKeyCmd::Rotate => {
+            let sealer = crate::secrets::Sealer::load_or_create(&config.data_dir)?;
+            let kid = crate::oidc::keys::rotate(store, &sealer, actor).await?;
+            println!("new signing key {kid}; the previous key stays published until its tokens expire");
+        }
+        OidcKeyCmd::List => {
+            for k in store.signing_keys().await? {
+                let state = match k.retired_at {
+                    None => "active".to_string(),
+                    Some(t) => format!("retired {}", crate::clock::generalized_time(t)),
+                };
+                println!("{}  {}  created {}  {state}", k.kid, k.alg, crate::clock::generalized_time(k.created_at));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A 256-bit random client secret, URL-safe.
+fn client_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Reads one password line from standard input and hashes it with argon2id.

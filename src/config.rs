@@ -19,6 +19,44 @@ pub struct Config {
     pub directory: DirectoryConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub http: HttpConfig,
+}
+
+/// The HTTPS listener (OpenID provider; later the web UI and admin API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTPS listener; `None` turns the web server off.
+    pub listen: Option<SocketAddr>,
+    /// Public base URL (the OIDC issuer); every URL the server publishes is
+    /// derived from it. Default: `https://localhost:PORT`.
+    pub issuer: Option<String>,
+    /// Lifetime of access tokens.
+    pub access_token_ttl_secs: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            issuer: None,
+            access_token_ttl_secs: 600,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The issuer URL, without a trailing slash.
+    pub fn issuer(&self) -> String {
+        match (&self.issuer, self.listen) {
+            (Some(i), _) => i.trim_end_matches('/').to_string(),
+            (None, Some(addr)) => format!("https://localhost:{}", addr.port()),
+            (None, None) => "https://localhost".to_string(),
+        }
+    }
 }
 
 /// LDAP listener settings and the limits that keep one client from hurting others.
@@ -104,6 +142,7 @@ impl Default for Config {
             directory: DirectoryConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -182,6 +221,11 @@ impl Config {
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             anyhow::bail!("tls.cert_file and tls.key_file must be given together");
+        }
+        if let Some(issuer) = &self.http.issuer {
+            if !issuer.starts_with("https://") || issuer.contains(['?', '#']) {
+                anyhow::bail!("http.issuer must be an https:// URL without query or fragment");
+            }
         }
         crate::directory::dn::Dn::parse(&self.ldap.base_dn)
             .map_err(|e| anyhow::anyhow!("ldap.base_dn is not a valid DN: {e}"))?;

@@ -87,6 +87,7 @@ pub enum Kind {
     User,
     Group,
     ServiceAccount,
+    OidcClient,
 }
 
 impl fmt::Display for Kind {
@@ -95,6 +96,7 @@ impl fmt::Display for Kind {
             Kind::User => "user",
             Kind::Group => "group",
             Kind::ServiceAccount => "service account",
+            Kind::OidcClient => "OIDC client",
         })
     }
 }
@@ -154,4 +156,34 @@ mod tests {
         assert!(validate_email("a @b.org").is_err());
         assert!(validate_email("nodomain").is_err());
     }
+}
+
+/// A relying party registered with the OpenID provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcClient {
+    pub id: String,
+    /// Also the `client_id`.
+    pub name: String,
+    /// SHA-256 (hex) of the client secret; `None` for public clients.
+    pub secret_hash: Option<String>,
+    /// Exact-match redirect URIs.
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Only members of these groups may sign in; empty = everyone.
+    pub allowed_groups: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A token-signing key as stored: the private half sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub alg: String,
+    /// Sealed PKCS#8 DER (see `secrets.rs`).
+    pub private_key: String,
+    /// The public JWK, as JSON.
+    pub public_jwk: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
 }

@@ -53,7 +53,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let refresher = tokio::spawn(refresh(Arc::clone(&identity), stop_rx.clone()));
+    let provider = match config.http.listen {
+        Some(_) => Some(open_provider(&config, &identity).await?),
+        None => None,
+    };
+    let refresher = tokio::spawn(refresh(Arc::clone(&identity), provider.clone(), stop_rx.clone()));
+    let web = match (config.http.listen, &provider) {
+        (Some(addr), Some(p)) => {
+            let listener = crate::web::bind(addr)?;
+            let state = crate::web::AppState { identity: Arc::clone(&identity), provider: Arc::clone(&p.0) };
+            Some(tokio::spawn(crate::web::serve(listener, Arc::clone(&tls), state, stop_rx.clone())))
+        }
+        _ => None,
+    };
     let server = LdapServer::new(Arc::clone(&identity), tls);
     let serving = tokio::spawn(server.serve(Listeners { ldap, ldaps }, stop_rx));
 
@@ -61,13 +73,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    if let Some(web) = web {
+        if let Ok(Err(e)) = web.await {
+            tracing::error!(error = %e, "web server failed");
+        }
+    }
     let _ = refresher.await;
     identity.store.close().await;
     Ok(())
 }
 
-/// Polls the store's generation and rebuilds the snapshot when it moved.
-async fn refresh(identity: Arc<Identity>, mut stop: watch::Receiver<bool>) {
+/// The OpenID provider with the sealer that opens its keys.
+type ProviderParts = (Arc<crate::oidc::Provider>, Arc<crate::secrets::Sealer>);
+
+/// Creates the first signing key if needed and loads the key set.
+async fn open_provider(config: &Config, identity: &Identity) -> anyhow::Result<ProviderParts> {
+    let sealer = Arc::new(crate::secrets::Sealer::load_or_create(&config.data_dir)?);
+    crate::oidc::keys::ensure(&identity.store, &sealer).await?;
+    let ttl = i64::try_from(config.http.access_token_ttl_secs).unwrap_or(i64::MAX);
+    let keys = crate::oidc::keys::load(&identity.store, &sealer, identity.clock.now(), ttl).await?;
+    let provider = crate::oidc::Provider {
+        issuer: config.http.issuer(),
+        access_token_ttl: ttl,
+        keys: arc_swap::ArcSwap::from_pointee(keys),
+    };
+    Ok((Arc::new(provider), sealer))
+}
+
+/// Polls the store's generation and rebuilds the snapshot (and reloads the
+/// signing keys) when it moved.
+async fn refresh(identity: Arc<Identity>, provider: Option<ProviderParts>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(REFRESH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -76,7 +111,16 @@ async fn refresh(identity: Arc<Identity>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
         }
         match identity.reload_if_changed().await {
-            Ok(true) => tracing::debug!(generation = identity.directory.load().generation, "directory reloaded"),
+            Ok(true) => {
+                tracing::debug!(generation = identity.directory.load().generation, "directory reloaded");
+                if let Some((p, sealer)) = &provider {
+                    let now = identity.clock.now();
+                    match crate::oidc::keys::load(&identity.store, sealer, now, p.access_token_ttl).await {
+                        Ok(keys) => p.keys.store(Arc::new(keys)),
+                        Err(e) => tracing::warn!(error = %e, "signing keys reload failed; keeping the previous set"),
+                    }
+                }
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "directory reload failed; serving the previous snapshot"),
         }

@@ -6,6 +6,7 @@
 //!
 //! **Architecture Invariant:** nothing outside `store/` names sqlx types.
 
+mod oidc;
 mod write;
 
 use std::path::Path;
@@ -224,6 +225,10 @@ impl Store {
                 detail: r.get(5),
             })
             .collect())
+    }
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes the pool, waiting for connections to finish.

@@ -161,11 +161,22 @@ impl WriteTx {
         Ok(row.is_some())
     }
 
+    /// The time this transaction stamps on rows (unix seconds).
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// The connection of this transaction, for sibling modules' queries.
+    pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+
     async fn id_of(&mut self, kind: Kind, name: &str) -> StoreResult<String> {
         let sql = match kind {
             Kind::User => "SELECT id FROM users WHERE name = ?",
             Kind::Group => "SELECT id FROM groups WHERE name = ?",
             Kind::ServiceAccount => "SELECT id FROM service_accounts WHERE name = ?",
+            Kind::OidcClient => "SELECT id FROM oidc_clients WHERE name = ?",
         };
         sqlx::query(sql)
             .bind(name)
@@ -315,6 +326,7 @@ impl WriteTx {
             Kind::User => "UPDATE users SET updated_at = ? WHERE id = ?",
             Kind::Group => "UPDATE groups SET updated_at = ? WHERE id = ?",
             Kind::ServiceAccount => "UPDATE service_accounts SET updated_at = ? WHERE id = ?",
+            Kind::OidcClient => "UPDATE oidc_clients SET updated_at = ? WHERE id = ?",
         };
         sqlx::query(sql).bind(self.now).bind(id).execute(&mut *self.tx).await?;
         Ok(())

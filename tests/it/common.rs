@@ -32,6 +32,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub ldap_port: u16,
     pub ldaps_port: u16,
+    pub http_port: u16,
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     /// The bootstrap admin password printed on first start.
@@ -49,14 +50,18 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let ldap_port = free_port();
         let ldaps_port = free_port();
+        let http_port = free_port();
         let mut env: Vec<(String, String)> = vec![
+            ("PORTCULLIS_HTTP__LISTEN".into(), format!("127.0.0.1:{http_port}")),
+            ("PORTCULLIS_HTTP__ISSUER".into(), format!("https://127.0.0.1:{http_port}")),
             ("PORTCULLIS_DATA_DIR".into(), dir.path().join("data").display().to_string()),
             ("PORTCULLIS_LDAP__LISTEN".into(), format!("127.0.0.1:{ldap_port}")),
             ("PORTCULLIS_LDAP__LDAPS_LISTEN".into(), format!("127.0.0.1:{ldaps_port}")),
             ("PORTCULLIS_LOG".into(), "info".into()),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut server = TestServer { dir, ldap_port, ldaps_port, env, child: None, admin_password: String::new() };
+        let mut server =
+            TestServer { dir, ldap_port, ldaps_port, http_port, env, child: None, admin_password: String::new() };
         server.spawn();
         server
     }
@@ -72,7 +77,9 @@ impl TestServer {
             .expect("start portcullis");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.ldap_port)).is_err() {
+        let http_on = !self.env.iter().any(|(k, v)| k == "PORTCULLIS_HTTP__LISTEN" && v.is_empty());
+        let up = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !up(self.ldap_port) || (http_on && !up(self.http_port)) {
             assert!(Instant::now() < deadline, "server did not start; log:\n{}", self.log());
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("server exited with {status}; log:\n{}", self.log());
@@ -127,6 +134,11 @@ impl TestServer {
 
     pub fn ldap_url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.ldap_port)
+    }
+
+    /// The OIDC issuer / HTTPS base URL.
+    pub fn issuer(&self) -> String {
+        format!("https://127.0.0.1:{}", self.http_port)
     }
 
     pub fn ldaps_url(&self) -> String {

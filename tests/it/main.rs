@@ -8,5 +8,6 @@ mod cli;
 mod common;
 mod import;
 mod ldap_utils;
+mod oidc;
 mod robustness;
 mod sssd;

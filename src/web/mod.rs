@@ -1,0 +1,67 @@
+//! The HTTPS front end (axum over rustls): one router per area, merged here.
+//! Today: the OpenID provider's discovery, JWKS and token endpoints.
+
+mod oidc;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::sync::watch;
+
+use crate::identity::Identity;
+use crate::oidc::SharedProvider;
+
+/// What every handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub identity: Arc<Identity>,
+    pub provider: SharedProvider,
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let limit = state.identity.config.http.max_body_bytes;
+    Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .merge(oidc::routes())
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Binds the HTTPS listener (at start-up, so a taken port fails loudly).
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen for HTTPS on {addr}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves HTTPS on `listener` until `shutdown` turns true.
+///
+/// # Errors
+/// The server fails.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    tracing::info!(https = %listener.local_addr()?, "web server listening");
+    axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(app(state).into_make_service()).await?;
+    Ok(())
+}
