@@ -26,6 +26,8 @@ pub const INDEXED: &[&str] =
 /// Who may bind, and with what.
 #[derive(Debug, Clone)]
 pub struct Account {
+    /// The stable id (users' `entryUUID`, the OIDC `sub`).
+    pub id: String,
     pub name: String,
     pub dn: String,
     pub kind: AccountKind,
@@ -171,6 +173,7 @@ impl Snapshot {
             accounts.insert(
                 ndn.clone(),
                 Account {
+                    id: u.id.clone(),
                     name: u.name.clone(),
                     dn: dn.clone(),
                     kind: AccountKind::User,
@@ -200,6 +203,7 @@ impl Snapshot {
             let dn = format!("cn={},{services_dn}", dn::escape_value(&s.name));
             if let Some(ndn) = dn::normalize(&dn) {
                 let account = Account {
+                    id: s.id.clone(),
                     name: s.name.clone(),
                     dn,
                     kind: AccountKind::Service,
@@ -267,6 +271,25 @@ impl Snapshot {
     /// The account that binds with this normalised DN.
     pub fn account(&self, ndn: &str) -> Option<&Account> {
         self.accounts.get(ndn)
+    }
+
+    /// The user entry with this stable id (`entryUUID`).
+    pub fn user_by_id(&self, id: &str) -> Option<&Entry> {
+        let norm = schema::normalize(schema::rule("entryUUID"), id)?;
+        self.lookup("entryUUID", &norm)?
+            .iter()
+            .filter_map(|&p| self.entries.get(p as usize))
+            .find(|e| matches!(e.kind, EntryKind::User(_)) && e.values("entryUUID").first() == Some(&id))
+    }
+
+    /// Names of the groups whose `memberUid` lists `user`.
+    pub fn groups_of(&self, user: &str) -> Vec<String> {
+        let Some(hits) = self.lookup("memberUid", user) else { return Vec::new() };
+        hits.iter()
+            .filter_map(|&p| self.entries.get(p as usize))
+            .filter(|e| e.kind == EntryKind::Group && e.values("memberUid").contains(&user))
+            .filter_map(|e| e.values("cn").first().map(|c| c.to_string()))
+            .collect()
     }
 
     /// Number of user accounts.

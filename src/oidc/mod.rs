@@ -1,9 +1,10 @@
 //! The OpenID provider's core: signing keys, client authentication, token
 //! issuance. HTTP handlers live in `web/`; this module names no axum type.
 //!
-//! Implemented so far: discovery, JWKS, and the token endpoint's
-//! `client_credentials` grant (RS256 JWT access tokens, RFC 9068 shape).
-//! The authorization-code flow and web sign-in are not built yet.
+//! Implemented so far: discovery, JWKS, the authorization-code flow with
+//! PKCE (ID tokens and JWT access tokens, RS256), userinfo, and the
+//! `client_credentials` grant. Refresh tokens, consent, logout,
+//! introspection and revocation are not built yet.
 
 pub mod keys;
 
@@ -14,7 +15,95 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+
+use crate::directory::Snapshot;
 use crate::model::OidcClient;
+
+/// Scopes the provider knows; others are dropped from grants.
+pub const SCOPES: &[&str] = &["openid", "profile", "email", "groups"];
+
+/// A fresh 256-bit bearer value (codes, session ids, CSRF tokens).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether a PKCE verifier matches an S256 challenge (RFC 7636).
+pub fn pkce_matches(challenge: &str, verifier: &str) -> bool {
+    let ok_len = (43..=128).contains(&verifier.len());
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    ok_len && bool::from(computed.as_bytes().ct_eq(challenge.as_bytes()))
+}
+
+/// What the provider says about a user.
+#[derive(Debug, Clone)]
+pub struct UserInfo {
+    pub sub: String,
+    pub preferred_username: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl UserInfo {
+    /// Reads a user from the directory snapshot by stable id.
+    pub fn from_snapshot(snap: &Snapshot, user_id: &str) -> Option<Self> {
+        let e = snap.user_by_id(user_id)?;
+        let username = e.values("uid").first()?.to_string();
+        Some(Self {
+            sub: user_id.to_string(),
+            name: e.values("displayName").first().map_or_else(|| username.clone(), |s| s.to_string()),
+            email: e.values("mail").first().map(|s| s.to_string()),
+            groups: snap.groups_of(&username),
+            preferred_username: username,
+        })
+    }
+
+    /// Whether this user may sign in to `client` (its group allowlist).
+    pub fn allowed(&self, client: &OidcClient) -> bool {
+        client.allowed_groups.is_empty() || client.allowed_groups.iter().any(|g| self.groups.contains(g))
+    }
+
+    /// The claims that `scope` releases to `client`.
+    pub fn claims(&self, scope: &str, client: &OidcClient) -> serde_json::Map<String, serde_json::Value> {
+        let has = |s: &str| scope.split(' ').any(|x| x == s);
+        let mut m = serde_json::Map::new();
+        m.insert("sub".into(), self.sub.clone().into());
+        if has("profile") {
+            m.insert("preferred_username".into(), self.preferred_username.clone().into());
+            m.insert("name".into(), self.name.clone().into());
+        }
+        if has("email") {
+            if let Some(e) = &self.email {
+                m.insert("email".into(), e.clone().into());
+                // Addresses are set by admins, not proven by a mail round trip.
+                m.insert("email_verified".into(), false.into());
+            }
+        }
+        if has("groups") {
+            let groups: Vec<&String> = self
+                .groups
+                .iter()
+                .filter(|g| client.allowed_groups.is_empty() || client.allowed_groups.contains(g))
+                .collect();
+            m.insert("groups".into(), serde_json::json!(groups));
+        }
+        m
+    }
+}
+
+/// Claims read back from one of our access tokens.
+#[derive(Debug, serde::Deserialize)]
+pub struct VerifiedAccess {
+    pub sub: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub scope: String,
+}
 
 /// Claims of an access token (RFC 9068).
 #[derive(Debug, Serialize)]
@@ -35,6 +124,7 @@ pub struct AccessClaims<'a> {
 pub enum TokenError {
     InvalidRequest,
     InvalidClient,
+    InvalidGrant,
     UnauthorizedClient,
     UnsupportedGrantType,
     ServerError,
@@ -46,6 +136,7 @@ impl TokenError {
         match self {
             TokenError::InvalidRequest => "invalid_request",
             TokenError::InvalidClient => "invalid_client",
+            TokenError::InvalidGrant => "invalid_grant",
             TokenError::UnauthorizedClient => "unauthorized_client",
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
             TokenError::ServerError => "server_error",
@@ -80,7 +171,6 @@ impl Provider {
     /// # Errors
     /// Signing failed.
     pub fn client_credentials_token(&self, client: &OidcClient, scope: &str, now: i64) -> Result<String, TokenError> {
-        let keys = self.keys.load();
         let claims = AccessClaims {
             iss: &self.issuer,
             sub: &client.name,
@@ -91,10 +181,79 @@ impl Provider {
             jti: uuid::Uuid::new_v4().to_string(),
             scope,
         };
+        self.sign(&claims, "at+jwt")
+    }
+
+    fn sign(&self, claims: &impl Serialize, typ: &str) -> Result<String, TokenError> {
+        let keys = self.keys.load();
         let mut header = jsonwebtoken::Header::new(keys.active.alg);
         header.kid = Some(keys.active.kid.clone());
-        header.typ = Some("at+jwt".into());
-        jsonwebtoken::encode(&header, &claims, &keys.active.encoding).map_err(|_| TokenError::ServerError)
+        header.typ = Some(typ.into());
+        jsonwebtoken::encode(&header, claims, &keys.active.encoding).map_err(|_| TokenError::ServerError)
+    }
+
+    /// Signs an ID token for `user` signing in to `client`.
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn id_token(
+        &self,
+        client: &OidcClient,
+        user: &UserInfo,
+        scope: &str,
+        nonce: Option<&str>,
+        auth_time: i64,
+        now: i64,
+    ) -> Result<String, TokenError> {
+        let mut claims = user.claims(scope, client);
+        claims.insert("iss".into(), self.issuer.clone().into());
+        claims.insert("aud".into(), client.name.clone().into());
+        claims.insert("azp".into(), client.name.clone().into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + self.access_token_ttl).into());
+        claims.insert("auth_time".into(), auth_time.into());
+        if let Some(n) = nonce {
+            claims.insert("nonce".into(), n.into());
+        }
+        self.sign(&claims, "JWT")
+    }
+
+    /// Signs an access token for a user, usable at userinfo.
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn user_access_token(
+        &self,
+        client: &OidcClient,
+        user_id: &str,
+        scope: &str,
+        now: i64,
+    ) -> Result<String, TokenError> {
+        let claims = AccessClaims {
+            iss: &self.issuer,
+            sub: user_id,
+            aud: &client.name,
+            client_id: &client.name,
+            iat: now,
+            exp: now + self.access_token_ttl,
+            jti: uuid::Uuid::new_v4().to_string(),
+            scope,
+        };
+        self.sign(&claims, "at+jwt")
+    }
+
+    /// Checks one of our access tokens: signature (any published key), issuer, expiry.
+    pub fn verify_access_token(&self, token: &str) -> Option<VerifiedAccess> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.typ.as_deref() != Some("at+jwt") {
+            return None;
+        }
+        let keys = self.keys.load();
+        let key = keys.verifying.get(header.kid.as_deref()?)?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        jsonwebtoken::decode::<VerifiedAccess>(token, key, &validation).ok().map(|d| d.claims)
     }
 
     /// The discovery document: only what is implemented.
@@ -103,10 +262,17 @@ impl Provider {
         serde_json::json!({
             "issuer": i,
             "jwks_uri": format!("{i}/oidc/jwks"),
+            "authorization_endpoint": format!("{i}/oidc/authorize"),
             "token_endpoint": format!("{i}/oidc/token"),
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "response_types_supported": [],
+            "userinfo_endpoint": format!("{i}/oidc/userinfo"),
+            "grant_types_supported": ["authorization_code", "client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": SCOPES,
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp",
+                "preferred_username", "name", "email", "email_verified", "groups"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
         })

@@ -7,6 +7,7 @@
 //! **Architecture Invariant:** nothing outside `store/` names sqlx types.
 
 mod oidc;
+mod signin;
 mod write;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use sqlx::{Row, SqlitePool};
 
 use crate::model::{AuditEntry, Group, Kind, ServiceAccount, User};
 
+pub use signin::CodeGrant;
 pub use write::{NewGroup, NewUser, WriteTx};
 
 /// Errors from the store, phrased for the admin who caused them.

@@ -2,6 +2,7 @@
 //! Today: the OpenID provider's discovery, JWKS and token endpoints.
 
 mod oidc;
+mod signin;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .merge(oidc::routes())
+        .merge(signin::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -62,6 +64,9 @@ pub async fn serve(
         stopper.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     tracing::info!(https = %listener.local_addr()?, "web server listening");
-    axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(app(state).into_make_service()).await?;
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await?;
     Ok(())
 }

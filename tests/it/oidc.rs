@@ -1,6 +1,7 @@
-//! The OpenID provider's first slice: discovery, JWKS, client registration
-//! and the client_credentials grant, checked by Authlib (a real relying-party
-//! library with its own JOSE code) and curl.
+//! The OpenID provider so far: discovery, JWKS, client registration, the
+//! authorization-code flow with PKCE and web sign-in, userinfo, and the
+//! client_credentials grant, checked by Authlib (a real relying-party library
+//! with its own JOSE code, driven like a browser) and curl.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -63,8 +64,10 @@ fn client_credentials_with_authlib_and_key_rotation() {
         serde_json::from_str(&curl(&server, &[&format!("{}/.well-known/openid-configuration", server.issuer())]))
             .expect("discovery JSON");
     assert_eq!(meta["issuer"], server.issuer());
-    assert_eq!(meta["grant_types_supported"], serde_json::json!(["client_credentials"]));
-    assert!(meta.get("authorization_endpoint").is_none(), "not implemented yet, so not advertised");
+    assert_eq!(meta["grant_types_supported"], serde_json::json!(["authorization_code", "client_credentials"]));
+    assert_eq!(meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    assert!(meta.get("end_session_endpoint").is_none(), "not implemented yet, so not advertised");
+    assert!(meta.get("refresh_token").is_none() && !meta["grant_types_supported"].to_string().contains("refresh"));
 
     let first = json(&authlib(&server, &["reports", &secret]));
     assert_eq!(first["sub"], "reports");
@@ -161,4 +164,66 @@ fn client_registration_errors_and_sealed_keys() {
         assert!(!text.contains("BEGIN PRIVATE KEY") && !text.contains("MIIE"), "unsealed private key in the database");
     }
     assert!(server.data_dir().join("secret.key").exists());
+}
+
+fn code_flow(
+    server: &TestServer,
+    client: &str,
+    secret: &str,
+    user: &str,
+    password: &str,
+    mode: &str,
+) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/authlib_code_flow.py");
+    let ca = server.ca_path();
+    let out = Command::new(python())
+        .args([script.to_str().expect("utf-8"), &server.issuer(), ca.to_str().expect("utf-8")])
+        .args([client, secret, user, password, mode])
+        .output()
+        .expect("run the Authlib code-flow client");
+    json(&out)
+}
+
+#[test]
+fn authorization_code_flow_with_authlib() {
+    let server = TestServer::start();
+    server.add_user("pcalice", "alice-pw-1");
+    server.add_user("pcbob", "bob-pw-123");
+    server.cli(&["group", "add", "pcdevs"], None);
+    server.cli(&["group", "add", "pcops"], None);
+    server.cli(&["group", "add-member", "pcdevs", "pcalice"], None);
+    server.cli(&["group", "add-member", "pcops", "pcalice"], None);
+    let out = server.cli(
+        &["oidc", "client", "add", "wiki", "--redirect-uri", "https://app.example.org/cb", "--allowed-group", "pcdevs"],
+        None,
+    );
+    let secret = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string();
+    server.settle();
+
+    let flow = code_flow(&server, "wiki", &secret, "pcalice", "alice-pw-1", "flow");
+    let id = &flow["id_token"];
+    let show = server.cli(&["user", "show", "pcalice"], None);
+    let uuid = show.lines().find_map(|l| l.strip_prefix("id:")).expect("id line").trim().to_string();
+    assert_eq!(id["sub"], uuid.as_str(), "sub is the stable UUID, not the login name");
+    assert_eq!(id["preferred_username"], "pcalice");
+    assert_eq!(id["email"], "pcalice@example.org");
+    assert_eq!(id["groups"], serde_json::json!(["pcdevs"]), "groups are filtered by the client's allowlist");
+    assert_eq!(flow["userinfo"]["sub"], uuid.as_str());
+    assert_eq!(flow["userinfo"]["preferred_username"], "pcalice");
+    assert_eq!(flow["sso_sub"], uuid.as_str(), "prompt=none reuses the browser session");
+
+    // A user outside the allowed groups gets a page, never a code.
+    let denied = code_flow(&server, "wiki", &secret, "pcbob", "bob-pw-123", "denied");
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["not_allowed_page"], true);
+    assert_eq!(denied["redirected"], false);
+
+    let neg = code_flow(&server, "wiki", &secret, "pcalice", "alice-pw-1", "negatives");
+    assert_eq!(neg["wrong_password_status"], 401);
+    assert_eq!(neg["csrf_missing_status"], 403);
+    assert_eq!(neg["prompt_none_error"], "login_required");
+    assert_eq!(neg["bad_redirect_status"], 400);
+    assert_eq!(neg["bad_redirect_location"], serde_json::Value::Null);
+    assert_eq!(neg["pkce_mismatch"], "invalid_grant");
+    assert_eq!(neg["code_reuse"], "invalid_grant");
 }

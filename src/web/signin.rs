@@ -1,0 +1,350 @@
+//! The authorization endpoint and the web sign-in it needs: a server-rendered
+//! form (no JavaScript), CSRF double-submit cookie, `__Host-` session cookie
+//! rotated at sign-in, and the same lockout as LDAP binds.
+//!
+//! The sign-in is a small state machine: no session → password form → (next:
+//! second factors) → code. `continue_authorization` is the single exit, so
+//! later steps plug in before it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Form, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use super::AppState;
+use crate::directory::{AccountKind, dn};
+use crate::model::OidcClient;
+use crate::oidc::{UserInfo, hash_client_secret, random_token};
+use crate::store::CodeGrant;
+
+const SESSION_COOKIE: &str = "__Host-portcullis_session";
+const CSRF_COOKIE: &str = "__Host-portcullis_csrf";
+/// Sign-in sessions last this long.
+const SESSION_SECS: i64 = 8 * 3600;
+/// Authorization codes live this long (single use).
+const CODE_SECS: i64 = 60;
+
+/// The sign-in routes.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/oidc/authorize", get(authorize)).route("/oidc/signin", post(signin))
+}
+
+/// A validated authorization request.
+struct AuthRequest {
+    client: OidcClient,
+    redirect_uri: String,
+    state: Option<String>,
+    scope: String,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    prompt: Vec<String>,
+    max_age: Option<i64>,
+    /// The original query string, carried through the sign-in form.
+    raw: String,
+}
+
+/// Why a request cannot proceed.
+enum Reject {
+    /// Client or redirect URI cannot be trusted: show a page, never redirect.
+    Page(StatusCode, &'static str),
+    /// Tell the client, at its registered redirect URI.
+    Redirect { uri: String, state: Option<String>, error: &'static str, description: &'static str },
+}
+
+fn params(raw: &str) -> HashMap<String, String> {
+    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+}
+
+async fn validate(state: &AppState, raw: &str) -> Result<AuthRequest, Reject> {
+    if raw.len() > 8192 {
+        return Err(Reject::Page(StatusCode::URI_TOO_LONG, "The sign-in request is too long."));
+    }
+    let p = params(raw);
+    let client_id = p.get("client_id").ok_or(Reject::Page(StatusCode::BAD_REQUEST, "The request names no client."))?;
+    let client = state
+        .identity
+        .store
+        .oidc_client(client_id)
+        .await
+        .map_err(|_| Reject::Page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error."))?
+        .ok_or(Reject::Page(StatusCode::BAD_REQUEST, "The application is not registered with Portcullis."))?;
+    let redirect_uri = p.get("redirect_uri").cloned().unwrap_or_default();
+    if !client.redirect_uris.contains(&redirect_uri) {
+        return Err(Reject::Page(
+            StatusCode::BAD_REQUEST,
+            "The application sent a redirect address it has not registered.",
+        ));
+    }
+    let st = p.get("state").cloned();
+    let fail =
+        |error, description| Reject::Redirect { uri: redirect_uri.clone(), state: st.clone(), error, description };
+    if p.get("response_type").map(String::as_str) != Some("code") {
+        return Err(fail("unsupported_response_type", "only response_type=code is supported"));
+    }
+    if p.get("response_mode").is_some_and(|m| m != "query") {
+        return Err(fail("invalid_request", "only response_mode=query is supported"));
+    }
+    if p.contains_key("request") || p.contains_key("request_uri") {
+        return Err(fail("request_not_supported", "request objects are not supported"));
+    }
+    let requested = p.get("scope").cloned().unwrap_or_default();
+    if !requested.split(' ').any(|s| s == "openid") {
+        return Err(fail("invalid_scope", "the openid scope is required"));
+    }
+    let scope: Vec<&str> = requested.split(' ').filter(|s| crate::oidc::SCOPES.contains(s)).collect();
+    let code_challenge = p.get("code_challenge").cloned();
+    match (code_challenge.as_deref(), p.get("code_challenge_method").map(String::as_str)) {
+        (Some(c), Some("S256")) if (43..=128).contains(&c.len()) => {}
+        (Some(_), _) => return Err(fail("invalid_request", "code_challenge_method must be S256")),
+        (None, _) if client.secret_hash.is_none() => {
+            return Err(fail("invalid_request", "public clients must use PKCE (S256)"));
+        }
+        (None, _) => {}
+    }
+    let max_age = match p.get("max_age") {
+        Some(v) => Some(v.parse::<i64>().map_err(|_| fail("invalid_request", "max_age must be a number"))?),
+        None => None,
+    };
+    Ok(AuthRequest {
+        redirect_uri: redirect_uri.clone(),
+        state: st.clone(),
+        scope: scope.join(" "),
+        nonce: p.get("nonce").filter(|n| n.len() <= 512).cloned(),
+        code_challenge,
+        prompt: p.get("prompt").map(|v| v.split(' ').map(str::to_string).collect()).unwrap_or_default(),
+        max_age,
+        raw: raw.to_string(),
+        client,
+    })
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('=').map(str::to_string))
+}
+
+async fn authorize(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let req = match validate(&state, raw.as_deref().unwrap_or("")).await {
+        Ok(r) => r,
+        Err(r) => return reject(r),
+    };
+    let now = state.identity.clock.now();
+    let session = match cookie(&headers, SESSION_COOKIE) {
+        Some(id) => state.identity.store.session(&hash_client_secret(&id), now).await.ok().flatten(),
+        None => None,
+    };
+    let fresh_enough = |auth_time: i64| req.max_age.is_none_or(|m| now - auth_time <= m);
+    match session {
+        Some((user_id, auth_time)) if fresh_enough(auth_time) && !req.prompt.iter().any(|p| p == "login") => {
+            continue_authorization(&state, &req, &user_id, auth_time).await
+        }
+        _ if req.prompt.iter().any(|p| p == "none") => reject(Reject::Redirect {
+            uri: req.redirect_uri,
+            state: req.state,
+            error: "login_required",
+            description: "the user is not signed in",
+        }),
+        _ => signin_page(&req, None, StatusCode::OK),
+    }
+}
+
+/// Sign-in form fields.
+#[derive(Debug, serde::Deserialize)]
+struct SigninForm {
+    username: String,
+    password: String,
+    csrf: String,
+    request: String,
+}
+
+async fn signin(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<SigninForm>,
+) -> Response {
+    let csrf_ok = cookie(&headers, CSRF_COOKIE)
+        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), form.csrf.as_bytes())));
+    if !csrf_ok {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Sign-in expired",
+            "<p>The form expired or was not sent by this site. Go back and try again.</p>",
+        );
+    }
+    let req = match validate(&state, &form.request).await {
+        Ok(r) => r,
+        Err(r) => return reject(r),
+    };
+    let base = &state.identity.config.ldap.base_dn;
+    let user_dn = format!("uid={},ou=people,{base}", dn::escape_value(form.username.trim()));
+    let account = match state.identity.bind(&user_dn, &form.password, Some(peer.ip())).await {
+        Ok(a) if a.kind == AccountKind::User => a,
+        outcome => {
+            tracing::info!(user = %form.username.trim(), peer = %peer, reason = ?outcome.err(), "web sign-in failed");
+            return signin_page(
+                &req,
+                Some("Wrong user name or password, or the account is locked."),
+                StatusCode::UNAUTHORIZED,
+            );
+        }
+    };
+    let now = state.identity.clock.now();
+    // A new session id at every sign-in (no fixation).
+    if let Some(old) = cookie(&headers, SESSION_COOKIE) {
+        let _ = state.identity.store.delete_session(&hash_client_secret(&old)).await;
+    }
+    let session_id = random_token();
+    if let Err(e) = state
+        .identity
+        .store
+        .insert_session(&hash_client_secret(&session_id), &account.id, now, now + SESSION_SECS)
+        .await
+    {
+        tracing::error!(error = %e, "cannot store session");
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+    }
+    tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
+    let mut response = continue_authorization(&state, &req, &account.id, now).await;
+    let value =
+        format!("{SESSION_COOKIE}={session_id}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECS}");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The one exit of the sign-in state machine: policy checks, then a code.
+async fn continue_authorization(state: &AppState, req: &AuthRequest, user_id: &str, auth_time: i64) -> Response {
+    let snap = state.identity.directory.load();
+    let disabled = snap.user_by_id(user_id).and_then(|e| snap.account(&e.ndn)).is_none_or(|a| a.disabled);
+    let Some(user) = UserInfo::from_snapshot(&snap, user_id).filter(|_| !disabled) else {
+        return signin_page(req, Some("Your account is not available."), StatusCode::FORBIDDEN);
+    };
+    if !user.allowed(&req.client) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            &format!(
+                "<p>Your account may not sign in to <strong>{}</strong>. Ask an administrator for access.</p>",
+                esc(&req.client.name)
+            ),
+        );
+    }
+    let code = random_token();
+    let now = state.identity.clock.now();
+    let grant = CodeGrant {
+        client_name: req.client.name.clone(),
+        user_id: user_id.to_string(),
+        redirect_uri: req.redirect_uri.clone(),
+        scope: req.scope.clone(),
+        nonce: req.nonce.clone(),
+        code_challenge: req.code_challenge.clone(),
+        auth_time,
+        expires_at: now + CODE_SECS,
+    };
+    if let Err(e) = state.identity.store.insert_code(&hash_client_secret(&code), &grant).await {
+        tracing::error!(error = %e, "cannot store authorization code");
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+    }
+    let mut pairs = vec![("code", code.as_str()), ("iss", state.provider.issuer.as_str())];
+    if let Some(s) = &req.state {
+        pairs.push(("state", s));
+    }
+    Redirect::to(&with_query(&req.redirect_uri, &pairs)).into_response()
+}
+
+fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        ser.append_pair(k, v);
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}{}", ser.finish())
+}
+
+fn reject(r: Reject) -> Response {
+    match r {
+        Reject::Page(status, message) => page(status, "Cannot sign in", &format!("<p>{}</p>", esc(message))),
+        Reject::Redirect { uri, state, error, description } => {
+            let mut pairs = vec![("error", error), ("error_description", description)];
+            if let Some(s) = state.as_deref() {
+                pairs.push(("state", s));
+            }
+            Redirect::to(&with_query(&uri, &pairs)).into_response()
+        }
+    }
+}
+
+fn signin_page(req: &AuthRequest, error: Option<&str>, status: StatusCode) -> Response {
+    let csrf = random_token();
+    let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", esc(e))).unwrap_or_default();
+    let body = format!(
+        "<p>Sign in to continue to <strong>{client}</strong>.</p>{error}\
+         <form method=\"post\" action=\"/oidc/signin\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
+         <p><label for=\"username\">User name</label><br>\
+         <input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus></p>\
+         <p><label for=\"password\">Password</label><br>\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></p>\
+         <p><button type=\"submit\">Sign in</button></p></form>",
+        client = esc(&req.client.name),
+        request = esc(&req.raw),
+    );
+    let mut r = page(status, "Sign in", &body);
+    let value = format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Lax");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// A complete HTML page with the security headers every page carries.
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · Portcullis</title><style>body{{font-family:sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem}}\
+         input{{width:100%;padding:.4rem}}.error{{color:#a00}}</style></head>\
+         <body><main><h1>{title}</h1>{body}</main></body></html>",
+        title = esc(title)
+    );
+    let mut r = (status, Html(html)).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Escapes text for HTML content and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,145 @@
+"""Relying-party check with Authlib: the authorization-code flow with PKCE,
+driven like a browser (cookie jar, sign-in form), then ID-token validation
+with Authlib's own JOSE code, userinfo, single sign-on with prompt=none, and
+the refusals a provider owes its clients.
+
+Usage: authlib_code_flow.py ISSUER CA_FILE CLIENT_ID CLIENT_SECRET USER PASSWORD MODE
+MODE: flow | denied | negatives
+Prints one JSON line with what it saw; exits non-zero on any failure.
+"""
+
+import json
+import os
+import re
+import sys
+import warnings
+from urllib.parse import parse_qs, urlencode, urlparse
+
+warnings.simplefilter("ignore")  # authlib.jose's deprecation notice
+
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.jose import JsonWebKey, jwt
+
+issuer, ca, client_id, secret, user, password, mode = sys.argv[1:8]
+os.environ["REQUESTS_CA_BUNDLE"] = ca
+REDIRECT = "https://app.example.org/cb"
+meta = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=10).json()
+assert meta["issuer"] == issuer
+
+
+def field(html, name):
+    m = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert m, f"no {name} field in: {html[:300]}"
+    return m.group(1).replace("&amp;", "&").replace("&quot;", '"').replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">")
+
+
+def start(browser, session, **extra):
+    verifier = generate_token(64)
+    nonce = generate_token(16)
+    uri, state = session.create_authorization_url(
+        meta["authorization_endpoint"], nonce=nonce, code_verifier=verifier, **extra
+    )
+    return browser.get(uri, allow_redirects=False), verifier, nonce, state
+
+
+def sign_in(browser, page, username, pw, csrf=None):
+    form = {
+        "csrf": field(page.text, "csrf") if csrf is None else csrf,
+        "request": field(page.text, "request"),
+        "username": username,
+        "password": pw,
+    }
+    return browser.post(f"{issuer}/oidc/signin", data=form, allow_redirects=False)
+
+
+def new_session():
+    return OAuth2Session(
+        client_id, secret, scope="openid profile email groups", redirect_uri=REDIRECT,
+        code_challenge_method="S256",
+    )
+
+
+def code_from(resp):
+    assert resp.status_code in (302, 303), (resp.status_code, resp.text[:300])
+    loc = resp.headers["location"]
+    assert loc.startswith(REDIRECT), loc
+    return loc, parse_qs(urlparse(loc).query)
+
+
+out = {}
+browser = requests.Session()
+session = new_session()
+page, verifier, nonce, state = start(browser, session)
+assert page.status_code == 200 and "Sign in" in page.text, page.status_code
+
+if mode == "denied":
+    resp = sign_in(browser, page, user, password)
+    out["status"] = resp.status_code
+    out["not_allowed_page"] = "Not allowed" in resp.text
+    out["redirected"] = "location" in resp.headers
+    print(json.dumps(out))
+    sys.exit(0)
+
+if mode == "negatives":
+    # Wrong password: the form again, 401, no redirect.
+    resp = sign_in(browser, page, user, "wrong-password")
+    out["wrong_password_status"] = resp.status_code
+    # Missing CSRF token: 403.
+    resp = sign_in(browser, page, user, password, csrf="")
+    out["csrf_missing_status"] = resp.status_code
+    # prompt=none without a session: login_required at the redirect URI.
+    resp, _, _, _ = start(requests.Session(), new_session(), prompt="none")
+    out["prompt_none_error"] = parse_qs(urlparse(resp.headers.get("location", "")).query).get("error", [None])[0]
+    # Unregistered redirect URI: an error page, never a redirect.
+    bad = requests.get(meta["authorization_endpoint"] + "?" + urlencode({
+        "client_id": client_id, "redirect_uri": "https://evil.example.org/cb", "response_type": "code",
+        "scope": "openid", "state": "s"}), allow_redirects=False)
+    out["bad_redirect_status"] = bad.status_code
+    out["bad_redirect_location"] = bad.headers.get("location")
+    # A good sign-in, then: PKCE mismatch, and code reuse.
+    page, verifier, nonce, state = start(browser, session)
+    loc, q = code_from(sign_in(browser, page, user, password))
+    try:
+        session.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=generate_token(64))
+        out["pkce_mismatch"] = "accepted"
+    except Exception as e:  # authlib raises OAuthError
+        out["pkce_mismatch"] = str(e).split(":")[0]
+    # That code was consumed by the failed attempt; a fresh one, used twice.
+    page, verifier, nonce, state = start(browser, new_session(), prompt="login")
+    loc, q = code_from(sign_in(browser, page, user, password))
+    s2 = new_session()
+    s2.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=verifier, state=q["state"][0])
+    try:
+        new_session().fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=verifier)
+        out["code_reuse"] = "accepted"
+    except Exception as e:
+        out["code_reuse"] = str(e).split(":")[0]
+    print(json.dumps(out))
+    sys.exit(0)
+
+assert mode == "flow", mode
+resp = sign_in(browser, page, user, password)
+loc, q = code_from(resp)
+assert q["state"] == [state] and q["iss"] == [issuer], q
+assert any(c.name == "__Host-portcullis_session" and c.secure for c in browser.cookies), browser.cookies
+token = session.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=verifier)
+keys = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"], timeout=10).json())
+claims = jwt.decode(token["id_token"], keys, claims_options={
+    "iss": {"essential": True, "value": issuer},
+    "aud": {"essential": True, "value": client_id},
+    "nonce": {"essential": True, "value": nonce},
+    "exp": {"essential": True},
+})
+claims.validate()
+out["id_token"] = dict(claims)
+out["userinfo"] = session.get(meta["userinfo_endpoint"]).json()
+
+# Single sign-on: the browser session satisfies prompt=none at once.
+sso_session = new_session()
+resp, verifier2, nonce2, _ = start(browser, sso_session, prompt="none")
+loc2, q2 = code_from(resp)
+t2 = sso_session.fetch_token(meta["token_endpoint"], authorization_response=loc2, code_verifier=verifier2)
+out["sso_sub"] = jwt.decode(t2["id_token"], keys)["sub"]
+print(json.dumps(out))
