@@ -23,7 +23,10 @@ use crate::directory::Snapshot;
 use crate::model::OidcClient;
 
 /// Scopes the provider knows; others are dropped from grants.
-pub const SCOPES: &[&str] = &["openid", "profile", "email", "groups"];
+pub const SCOPES: &[&str] = &["openid", "profile", "email", "groups", "offline_access"];
+
+/// Refresh tokens expire after this long (each use issues a new one).
+pub const REFRESH_TOKEN_SECS: i64 = 30 * 24 * 3600;
 
 /// A fresh 256-bit bearer value (codes, session ids, CSRF tokens).
 pub fn random_token() -> String {
@@ -103,6 +106,10 @@ pub struct VerifiedAccess {
     pub client_id: String,
     #[serde(default)]
     pub scope: String,
+    #[serde(default)]
+    pub fam: Option<String>,
+    pub exp: i64,
+    pub iat: i64,
 }
 
 /// Claims of an access token (RFC 9068).
@@ -117,6 +124,10 @@ pub struct AccessClaims<'a> {
     pub jti: String,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub scope: &'a str,
+    /// Token family (tokens descended from one authorization code), so a
+    /// revocation reaches access tokens too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fam: Option<&'a str>,
 }
 
 /// Errors of the token endpoint, as OAuth error codes (RFC 6749 §5.2).
@@ -125,6 +136,7 @@ pub enum TokenError {
     InvalidRequest,
     InvalidClient,
     InvalidGrant,
+    InvalidScope,
     UnauthorizedClient,
     UnsupportedGrantType,
     ServerError,
@@ -137,6 +149,7 @@ impl TokenError {
             TokenError::InvalidRequest => "invalid_request",
             TokenError::InvalidClient => "invalid_client",
             TokenError::InvalidGrant => "invalid_grant",
+            TokenError::InvalidScope => "invalid_scope",
             TokenError::UnauthorizedClient => "unauthorized_client",
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
             TokenError::ServerError => "server_error",
@@ -180,6 +193,7 @@ impl Provider {
             exp: now + self.access_token_ttl,
             jti: uuid::Uuid::new_v4().to_string(),
             scope,
+            fam: None,
         };
         self.sign(&claims, "at+jwt")
     }
@@ -227,6 +241,7 @@ impl Provider {
         client: &OidcClient,
         user_id: &str,
         scope: &str,
+        family: &str,
         now: i64,
     ) -> Result<String, TokenError> {
         let claims = AccessClaims {
@@ -238,6 +253,7 @@ impl Provider {
             exp: now + self.access_token_ttl,
             jti: uuid::Uuid::new_v4().to_string(),
             scope,
+            fam: Some(family),
         };
         self.sign(&claims, "at+jwt")
     }
@@ -265,7 +281,11 @@ impl Provider {
             "authorization_endpoint": format!("{i}/oidc/authorize"),
             "token_endpoint": format!("{i}/oidc/token"),
             "userinfo_endpoint": format!("{i}/oidc/userinfo"),
-            "grant_types_supported": ["authorization_code", "client_credentials"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "revocation_endpoint": format!("{i}/oidc/revoke"),
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "introspection_endpoint": format!("{i}/oidc/introspect"),
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],

@@ -123,3 +123,162 @@ impl Store {
         Ok(Some((grant, !used)))
     }
 }
+
+/// A refresh token as stored.
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub family_id: String,
+    pub client_name: String,
+    pub user_id: String,
+    pub scope: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// What redeeming a refresh token found.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    Unknown,
+    /// Spent before, or its family is revoked: the family is now revoked.
+    Reused(RefreshGrant),
+    Fresh(RefreshGrant),
+}
+
+impl Store {
+    /// Records which token family an authorization code started.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn set_code_family(&self, code_hash: &str, family_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE auth_codes SET family_id = ? WHERE code_hash = ?")
+            .bind(family_id)
+            .bind(code_hash)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The token family an authorization code started, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn code_family(&self, code_hash: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT family_id FROM auth_codes WHERE code_hash = ?")
+            .bind(code_hash)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Stores a new refresh token.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn insert_refresh(&self, token_hash: &str, g: &RefreshGrant) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, client_name, user_id, scope, auth_time, expires_at, used) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, FALSE)",
+        )
+        .bind(token_hash)
+        .bind(&g.family_id)
+        .bind(&g.client_name)
+        .bind(&g.user_id)
+        .bind(&g.scope)
+        .bind(g.auth_time)
+        .bind(g.expires_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Spends a refresh token. A second use, or any use after its family was
+    /// revoked, revokes the family and reports [`RefreshOutcome::Reused`].
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn redeem_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "SELECT family_id, client_name, user_id, scope, auth_time, expires_at, used, \
+             EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = refresh_tokens.family_id) \
+             FROM refresh_tokens WHERE token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = row else { return Ok(RefreshOutcome::Unknown) };
+        let grant = RefreshGrant {
+            family_id: r.get(0),
+            client_name: r.get(1),
+            user_id: r.get(2),
+            scope: r.get(3),
+            auth_time: r.get(4),
+            expires_at: r.get(5),
+        };
+        let (used, revoked): (bool, bool) = (r.get(6), r.get(7));
+        if used || revoked {
+            sqlx::query("INSERT INTO revoked_families (family_id, revoked_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(&grant.family_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused(grant));
+        }
+        sqlx::query("UPDATE refresh_tokens SET used = TRUE WHERE token_hash = ?")
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Fresh(grant))
+    }
+
+    /// A live (unspent, unexpired, unrevoked) refresh token, for introspection.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn live_refresh(&self, token_hash: &str, now: i64) -> StoreResult<Option<RefreshGrant>> {
+        let row = sqlx::query(
+            "SELECT family_id, client_name, user_id, scope, auth_time, expires_at FROM refresh_tokens t \
+             WHERE token_hash = ? AND NOT used AND expires_at > ? \
+             AND NOT EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = t.family_id)",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| RefreshGrant {
+            family_id: r.get(0),
+            client_name: r.get(1),
+            user_id: r.get(2),
+            scope: r.get(3),
+            auth_time: r.get(4),
+            expires_at: r.get(5),
+        }))
+    }
+
+    /// Revokes every token of a family.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn revoke_family(&self, family_id: &str, now: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO revoked_families (family_id, revoked_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(family_id)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a family was revoked.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn family_revoked(&self, family_id: &str) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT 1 FROM revoked_families WHERE family_id = ?")
+            .bind(family_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+}

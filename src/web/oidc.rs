@@ -21,6 +21,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/oidc/jwks", get(jwks))
         .route("/oidc/token", post(token))
         .route("/oidc/userinfo", get(userinfo).post(userinfo))
+        .route("/oidc/revoke", post(revoke))
+        .route("/oidc/introspect", post(introspect))
 }
 
 async fn discovery(State(state): State<AppState>) -> Response {
@@ -48,6 +50,38 @@ struct TokenForm {
     code: Option<String>,
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
+    refresh_token: Option<String>,
+}
+
+/// Authenticates the calling client: confidential clients with their secret
+/// (Basic or form), public clients by naming themselves (they prove
+/// possession through PKCE instead).
+async fn authenticate_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    form_id: Option<String>,
+    form_secret: Option<String>,
+) -> Result<crate::model::OidcClient, OAuthError> {
+    let (client_id, secret) = match (basic_credentials(headers), form_id, form_secret) {
+        (Some(creds), None, None) => (creds.0, Some(creds.1)),
+        (Some((id, secret)), Some(form_id), None) if form_id == id => (id, Some(secret)),
+        (None, Some(id), secret) => (id, secret),
+        (Some(_), _, _) => return Err(OAuthError(TokenError::InvalidRequest, "use one client authentication method")),
+        (None, None, _) => return Err(OAuthError(TokenError::InvalidClient, "client authentication required")),
+    };
+    let client = state.identity.store.oidc_client(&client_id).await.map_err(|e| {
+        tracing::error!(error = %e, "client lookup failed");
+        OAuthError(TokenError::ServerError, "internal error")
+    })?;
+    let authenticated = client.filter(|c| match (&c.secret_hash, &secret) {
+        (Some(_), Some(s)) => client_secret_matches(c, s),
+        (None, None) => true,
+        _ => false,
+    });
+    authenticated.ok_or_else(|| {
+        tracing::info!(client = %client_id, "request with bad client credentials");
+        OAuthError(TokenError::InvalidClient, "unknown client or wrong secret")
+    })
 }
 
 /// An OAuth error response (RFC 6749 §5.2).
@@ -89,28 +123,7 @@ async fn token(
     let Ok(Form(form)) = form else {
         return Err(OAuthError(TokenError::InvalidRequest, "the body must be application/x-www-form-urlencoded"));
     };
-    // Confidential clients authenticate with their secret; public clients
-    // name themselves and prove possession through PKCE.
-    let (client_id, secret) = match (basic_credentials(&headers), form.client_id.clone(), form.client_secret.clone()) {
-        (Some(creds), None, None) => (creds.0, Some(creds.1)),
-        (Some((id, secret)), Some(form_id), None) if form_id == id => (id, Some(secret)),
-        (None, Some(id), secret) => (id, secret),
-        (Some(_), _, _) => return Err(OAuthError(TokenError::InvalidRequest, "use one client authentication method")),
-        (None, None, _) => return Err(OAuthError(TokenError::InvalidClient, "client authentication required")),
-    };
-    let client = state.identity.store.oidc_client(&client_id).await.map_err(|e| {
-        tracing::error!(error = %e, "client lookup failed");
-        OAuthError(TokenError::ServerError, "internal error")
-    })?;
-    let authenticated = client.filter(|c| match (&c.secret_hash, &secret) {
-        (Some(_), Some(s)) => client_secret_matches(c, s),
-        (None, None) => true,
-        _ => false,
-    });
-    let Some(client) = authenticated else {
-        tracing::info!(client = %client_id, "token request with bad client credentials");
-        return Err(OAuthError(TokenError::InvalidClient, "unknown client or wrong secret"));
-    };
+    let client = authenticate_client(&state, &headers, form.client_id.clone(), form.client_secret.clone()).await?;
     let now = state.identity.clock.now();
     let provider = &state.provider;
     let body = match form.grant_type.as_deref() {
@@ -136,10 +149,11 @@ async fn token(
             return Err(OAuthError(TokenError::UnauthorizedClient, "public clients cannot use client_credentials"));
         }
         Some("authorization_code") => authorization_code(&state, &client, &form, now).await?,
+        Some("refresh_token") => refresh_token(&state, &client, &form, now).await?,
         Some(_) => {
             return Err(OAuthError(
                 TokenError::UnsupportedGrantType,
-                "supported: authorization_code, client_credentials",
+                "supported: authorization_code, refresh_token, client_credentials",
             ));
         }
         None => return Err(OAuthError(TokenError::InvalidRequest, "grant_type is required")),
@@ -157,16 +171,18 @@ async fn authorization_code(
     now: i64,
 ) -> Result<serde_json::Value, OAuthError> {
     let code = form.code.as_deref().ok_or(OAuthError(TokenError::InvalidRequest, "code is required"))?;
-    let redeemed = state
-        .identity
-        .store
-        .redeem_code(&crate::oidc::hash_client_secret(code))
-        .await
-        .map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+    let code_hash = crate::oidc::hash_client_secret(code);
+    let store = &state.identity.store;
+    let internal = |_| OAuthError(TokenError::ServerError, "internal error");
+    let redeemed = store.redeem_code(&code_hash).await.map_err(internal)?;
     let invalid = |why| OAuthError(TokenError::InvalidGrant, why);
     let Some((grant, first_use)) = redeemed else { return Err(invalid("unknown code")) };
     if !first_use {
-        tracing::warn!(client = %client.name, "authorization code reused");
+        // RFC 6749 §4.1.2: revoke what the first redemption produced.
+        tracing::warn!(client = %client.name, "authorization code reused; revoking its tokens");
+        if let Some(family) = store.code_family(&code_hash).await.map_err(internal)? {
+            store.revoke_family(&family, now).await.map_err(internal)?;
+        }
         return Err(invalid("code already used"));
     }
     if grant.client_name != client.name {
@@ -185,21 +201,200 @@ async fn authorization_code(
         (None, None) if client.secret_hash.is_none() => return Err(invalid("public clients must use PKCE")),
         (None, None) => {}
     }
+    let family = uuid::Uuid::new_v4().to_string();
+    store.set_code_family(&code_hash, &family).await.map_err(internal)?;
+    let issue = Issue {
+        user_id: &grant.user_id,
+        scope: &grant.scope,
+        nonce: grant.nonce.as_deref(),
+        auth_time: grant.auth_time,
+        family: &family,
+    };
+    issue_tokens(state, client, &issue, now).await
+}
+
+/// What a token response is about.
+struct Issue<'a> {
+    user_id: &'a str,
+    scope: &'a str,
+    nonce: Option<&'a str>,
+    auth_time: i64,
+    family: &'a str,
+}
+
+/// ID token, access token, and (with offline_access) a new refresh token.
+async fn issue_tokens(
+    state: &AppState,
+    client: &crate::model::OidcClient,
+    issue: &Issue<'_>,
+    now: i64,
+) -> Result<serde_json::Value, OAuthError> {
     let snap = state.identity.directory.load();
-    let user =
-        crate::oidc::UserInfo::from_snapshot(&snap, &grant.user_id).ok_or(invalid("the user no longer exists"))?;
+    let user = crate::oidc::UserInfo::from_snapshot(&snap, issue.user_id)
+        .ok_or(OAuthError(TokenError::InvalidGrant, "the user no longer exists"))?;
     let provider = &state.provider;
     let fail = |e| OAuthError(e, "cannot sign the token");
-    let id_token =
-        provider.id_token(client, &user, &grant.scope, grant.nonce.as_deref(), grant.auth_time, now).map_err(fail)?;
-    let access_token = provider.user_access_token(client, &grant.user_id, &grant.scope, now).map_err(fail)?;
-    Ok(serde_json::json!({
+    let id_token = provider.id_token(client, &user, issue.scope, issue.nonce, issue.auth_time, now).map_err(fail)?;
+    let access_token =
+        provider.user_access_token(client, issue.user_id, issue.scope, issue.family, now).map_err(fail)?;
+    let mut body = serde_json::json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": provider.access_token_ttl,
         "id_token": id_token,
-        "scope": grant.scope,
-    }))
+        "scope": issue.scope,
+    });
+    if issue.scope.split(' ').any(|s| s == "offline_access") {
+        let refresh = crate::oidc::random_token();
+        let grant = crate::store::RefreshGrant {
+            family_id: issue.family.to_string(),
+            client_name: client.name.clone(),
+            user_id: issue.user_id.to_string(),
+            scope: issue.scope.to_string(),
+            auth_time: issue.auth_time,
+            expires_at: now + crate::oidc::REFRESH_TOKEN_SECS,
+        };
+        let hash = crate::oidc::hash_client_secret(&refresh);
+        let stored = state.identity.store.insert_refresh(&hash, &grant).await;
+        stored.map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+        body["refresh_token"] = refresh.into();
+    }
+    Ok(body)
+}
+
+/// Rotates a refresh token (RFC 6749 §6); a reused one revokes its family.
+async fn refresh_token(
+    state: &AppState,
+    client: &crate::model::OidcClient,
+    form: &TokenForm,
+    now: i64,
+) -> Result<serde_json::Value, OAuthError> {
+    use crate::store::RefreshOutcome;
+    let token =
+        form.refresh_token.as_deref().ok_or(OAuthError(TokenError::InvalidRequest, "refresh_token is required"))?;
+    let invalid = |why| OAuthError(TokenError::InvalidGrant, why);
+    let outcome = state
+        .identity
+        .store
+        .redeem_refresh(&crate::oidc::hash_client_secret(token), now)
+        .await
+        .map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+    let grant = match outcome {
+        RefreshOutcome::Unknown => return Err(invalid("unknown refresh token")),
+        RefreshOutcome::Reused(g) => {
+            tracing::warn!(client = %g.client_name, "refresh token reused; its family is revoked");
+            return Err(invalid("refresh token already used or revoked"));
+        }
+        RefreshOutcome::Fresh(g) => g,
+    };
+    if grant.client_name != client.name {
+        return Err(invalid("refresh token was issued to another client"));
+    }
+    if grant.expires_at <= now {
+        return Err(invalid("refresh token expired"));
+    }
+    // A client may ask again for the granted scope or a narrower one (Authlib re-sends it).
+    let scope = match form.scope.as_deref() {
+        Some(asked) => {
+            let granted: Vec<&str> = grant.scope.split(' ').collect();
+            if !asked.split(' ').filter(|s| !s.is_empty()).all(|s| granted.contains(&s)) {
+                return Err(OAuthError(TokenError::InvalidScope, "scope exceeds the original grant"));
+            }
+            asked.to_string()
+        }
+        None => grant.scope.clone(),
+    };
+    let issue = Issue {
+        user_id: &grant.user_id,
+        scope: &scope,
+        nonce: None,
+        auth_time: grant.auth_time,
+        family: &grant.family_id,
+    };
+    issue_tokens(state, client, &issue, now).await
+}
+
+/// Revocation and introspection request fields (RFC 7009, RFC 7662).
+#[derive(Debug, Deserialize)]
+struct TokenRefForm {
+    token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+fn form_error() -> OAuthError {
+    OAuthError(TokenError::InvalidRequest, "the body must be application/x-www-form-urlencoded")
+}
+
+/// Revocation (RFC 7009): revokes the token's whole family; always 200 for
+/// tokens that are unknown or not the caller's.
+async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<TokenRefForm>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Ok(Form(form)) = form else { return Err(form_error()) };
+    let client = authenticate_client(&state, &headers, form.client_id, form.client_secret).await?;
+    let token = form.token.ok_or(OAuthError(TokenError::InvalidRequest, "token is required"))?;
+    let now = state.identity.clock.now();
+    let store = &state.identity.store;
+    let family = match state.provider.verify_access_token(&token) {
+        Some(a) if a.client_id == client.name => a.fam,
+        Some(_) => None,
+        None => store
+            .live_refresh(&crate::oidc::hash_client_secret(&token), now)
+            .await
+            .ok()
+            .flatten()
+            .filter(|g| g.client_name == client.name)
+            .map(|g| g.family_id),
+    };
+    if let Some(family) = family {
+        store.revoke_family(&family, now).await.map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+        tracing::info!(client = %client.name, "token family revoked");
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Introspection (RFC 7662), for confidential clients.
+async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<TokenRefForm>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Ok(Form(form)) = form else { return Err(form_error()) };
+    let client = authenticate_client(&state, &headers, form.client_id, form.client_secret).await?;
+    if client.secret_hash.is_none() {
+        return Err(OAuthError(TokenError::UnauthorizedClient, "public clients cannot introspect"));
+    }
+    let token = form.token.ok_or(OAuthError(TokenError::InvalidRequest, "token is required"))?;
+    let now = state.identity.clock.now();
+    let store = &state.identity.store;
+    let inactive = serde_json::json!({ "active": false });
+    let body = if let Some(a) = state.provider.verify_access_token(&token) {
+        let revoked = match &a.fam {
+            Some(f) => store.family_revoked(f).await.unwrap_or(true),
+            None => false,
+        };
+        if revoked {
+            inactive
+        } else {
+            serde_json::json!({
+                "active": true, "token_type": "Bearer", "client_id": a.client_id, "sub": a.sub,
+                "scope": a.scope, "exp": a.exp, "iat": a.iat, "iss": state.provider.issuer,
+            })
+        }
+    } else if let Ok(Some(g)) = store.live_refresh(&crate::oidc::hash_client_secret(&token), now).await {
+        serde_json::json!({
+            "active": true, "token_type": "refresh_token", "client_id": g.client_name, "sub": g.user_id,
+            "scope": g.scope, "exp": g.expires_at, "iss": state.provider.issuer,
+        })
+    } else {
+        inactive
+    };
+    let mut r = Json(body).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 /// Userinfo (OIDC Core §5.3): the claims the token's scope releases.
@@ -217,6 +412,11 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let Some(token) = token else { return unauthorized("invalid_request") };
     let Some(access) = state.provider.verify_access_token(token.trim()) else { return unauthorized("invalid_token") };
+    if let Some(f) = &access.fam {
+        if state.identity.store.family_revoked(f).await.unwrap_or(true) {
+            return unauthorized("invalid_token");
+        }
+    }
     let snap = state.identity.directory.load();
     let Some(user) = crate::oidc::UserInfo::from_snapshot(&snap, &access.sub) else {
         return unauthorized("invalid_token");

@@ -64,10 +64,12 @@ fn client_credentials_with_authlib_and_key_rotation() {
         serde_json::from_str(&curl(&server, &[&format!("{}/.well-known/openid-configuration", server.issuer())]))
             .expect("discovery JSON");
     assert_eq!(meta["issuer"], server.issuer());
-    assert_eq!(meta["grant_types_supported"], serde_json::json!(["authorization_code", "client_credentials"]));
+    assert_eq!(
+        meta["grant_types_supported"],
+        serde_json::json!(["authorization_code", "refresh_token", "client_credentials"])
+    );
     assert_eq!(meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
     assert!(meta.get("end_session_endpoint").is_none(), "not implemented yet, so not advertised");
-    assert!(meta.get("refresh_token").is_none() && !meta["grant_types_supported"].to_string().contains("refresh"));
 
     let first = json(&authlib(&server, &["reports", &secret]));
     assert_eq!(first["sub"], "reports");
@@ -211,6 +213,15 @@ fn authorization_code_flow_with_authlib() {
     assert_eq!(flow["userinfo"]["sub"], uuid.as_str());
     assert_eq!(flow["userinfo"]["preferred_username"], "pcalice");
     assert_eq!(flow["sso_sub"], uuid.as_str(), "prompt=none reuses the browser session");
+    assert_eq!(flow["introspect_access"], true);
+    assert_eq!(flow["introspect_refresh"], true);
+    assert_eq!(flow["refresh_rotated"], true, "each refresh issues a new refresh token");
+    assert_eq!(flow["refreshed_id_token_sub"], uuid.as_str());
+    assert_eq!(flow["refresh_reuse"], "invalid_grant");
+    assert_eq!(flow["after_reuse_rotated"], "invalid_grant", "reuse revokes the whole family");
+    assert_eq!(flow["after_reuse_introspect"], false);
+    assert_eq!(flow["revoked_introspect"], false);
+    assert_eq!(flow["revoked_userinfo"], 401);
 
     // A user outside the allowed groups gets a page, never a code.
     let denied = code_flow(&server, "wiki", &secret, "pcbob", "bob-pw-123", "denied");
@@ -226,4 +237,321 @@ fn authorization_code_flow_with_authlib() {
     assert_eq!(neg["bad_redirect_location"], serde_json::Value::Null);
     assert_eq!(neg["pkce_mismatch"], "invalid_grant");
     assert_eq!(neg["code_reuse"], "invalid_grant");
+    assert_eq!(neg["after_code_reuse_userinfo"], 401, "code reuse revokes the first redemption's tokens");
+}
+
+/// Runs the openid-client relying party (Node) that scripts/test installs.
+fn openid_client(server: &TestServer, args: &[&str]) -> Output {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/node");
+    let version = Command::new("node").arg("--version").output().ok().filter(|o| o.status.success());
+    let major = version.as_ref().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout).trim().strip_prefix('v')?.split('.').next()?.parse::<u32>().ok()
+    });
+    assert!(
+        major.is_some_and(|m| m >= 20),
+        "the openid-client test needs Node.js 20 or newer on PATH (found: {}); install nodejs and npm, then run \
+         ./scripts/test",
+        version.map_or_else(|| "none".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    );
+    assert!(
+        dir.join("node_modules/openid-client/package.json").exists(),
+        "{} has no openid-client: run ./scripts/test (it runs npm ci there)",
+        dir.display()
+    );
+    Command::new("node")
+        .arg(dir.join("code_flow.mjs"))
+        .arg(server.issuer())
+        .args(args)
+        // Node reads its extra CAs only at start-up.
+        .env("NODE_EXTRA_CA_CERTS", server.ca_path())
+        .output()
+        .expect("run the openid-client relying party")
+}
+
+#[test]
+fn authorization_code_flow_with_openid_client() {
+    let server = TestServer::start();
+    server.add_user("ocalice", "alice-pw-1");
+    server.cli(&["group", "add", "ocstaff"], None);
+    server.cli(&["group", "add", "ocother"], None);
+    server.cli(&["group", "add-member", "ocstaff", "ocalice"], None);
+    server.cli(&["group", "add-member", "ocother", "ocalice"], None);
+    let out = server.cli(
+        &[
+            "oidc",
+            "client",
+            "add",
+            "nodeapp",
+            "--redirect-uri",
+            "https://app.example.org/cb",
+            "--allowed-group",
+            "ocstaff",
+        ],
+        None,
+    );
+    let secret = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string();
+    server.settle();
+
+    let out = openid_client(&server, &["nodeapp", &secret, "ocalice", "alice-pw-1"]);
+    assert!(
+        out.status.success(),
+        "openid-client relying party failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the openid-client script");
+    let show = server.cli(&["user", "show", "ocalice"], None);
+    let uuid = show.lines().find_map(|l| l.strip_prefix("id:")).expect("id line").trim().to_string();
+    let id = &seen["id_token"];
+    assert_eq!(id["sub"], uuid.as_str(), "sub is the stable UUID, not the login name");
+    assert_eq!(id["iss"], server.issuer());
+    assert_eq!(id["aud"], "nodeapp");
+    assert_eq!(id["preferred_username"], "ocalice");
+    assert_eq!(id["email"], "ocalice@example.org");
+    assert_eq!(id["groups"], serde_json::json!(["ocstaff"]), "groups are filtered by the client's allowlist");
+    assert_eq!(seen["id_token_header"]["alg"], "RS256");
+    assert_eq!(seen["userinfo"]["sub"], uuid.as_str());
+    assert_eq!(seen["userinfo"]["preferred_username"], "ocalice");
+    assert_eq!(seen["userinfo"]["groups"], serde_json::json!(["ocstaff"]));
+    assert_eq!(seen["sso_signed_in_again"], false, "the browser session gives single sign-on");
+    assert_eq!(seen["sso_sub"], uuid.as_str());
+    // The ID token's signature is checked against the JWKS: with a foreign key
+    // under the provider's kid, the flow fails.
+    assert_eq!(seen["foreign_key_jwks_fetched"], true, "openid-client fetched the JWKS to check the signature");
+    assert_eq!(seen["foreign_key"], "JWT signature verification failed");
+    // Why the script calls enableNonRepudiationChecks: without it, openid-client
+    // trusts an ID token from the token endpoint on TLS alone.
+    assert_eq!(seen["foreign_key_unchecked_jwks_fetched"], false);
+    assert_eq!(seen["foreign_key_unchecked"], "accepted");
+}
+
+/// Where Debian's libapache2-mod-auth-openidc puts the module.
+const MOD_AUTH_OPENIDC: &str = "/usr/lib/apache2/modules/mod_auth_openidc.so";
+
+/// A private Apache httpd (`apache2 -X`, one process in the foreground) with
+/// mod_auth_openidc protecting /protected/, from tests/oidc/apache/. It reads
+/// nothing under /etc/apache2 and is killed on drop.
+struct Apache {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Apache {
+    fn start(server: &TestServer, port: u16, client_secret: &str) -> Self {
+        assert!(
+            std::path::Path::new("/usr/sbin/apache2").is_file(),
+            "/usr/sbin/apache2 is not installed; run ./scripts/test (it installs apache2)"
+        );
+        assert!(
+            std::path::Path::new(MOD_AUTH_OPENIDC).is_file(),
+            "{MOD_AUTH_OPENIDC} is missing; run ./scripts/test (it installs libapache2-mod-auth-openidc)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        // Apache drops to www-data when started as root: it must reach its files.
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let templates = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/apache");
+        std::fs::create_dir_all(root.join("run")).expect("run dir");
+        std::fs::create_dir_all(root.join("htdocs/protected")).expect("htdocs");
+        std::fs::copy(templates.join("index.html"), root.join("htdocs/protected/index.html")).expect("page");
+        let conf = std::fs::read_to_string(templates.join("httpd.conf"))
+            .expect("httpd.conf template")
+            .replace("@ROOT@", root.to_str().expect("utf-8"))
+            .replace("@PORT@", &port.to_string())
+            .replace("@ISSUER@", &server.issuer())
+            .replace("@CLIENT_SECRET@", client_secret)
+            .replace("@CA@", server.ca_path().to_str().expect("utf-8"))
+            .replace("@PASSPHRASE@", &format!("test-{port}-passphrase"));
+        std::fs::write(root.join("httpd.conf"), conf).expect("write httpd.conf");
+        let child = Command::new("/usr/sbin/apache2")
+            .args(["-X", "-f"])
+            .arg(root.join("httpd.conf"))
+            // mod_auth_openidc's cache mutex files go to the temp dir.
+            .env("TMPDIR", root.join("run"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(root.join("stderr.log")).expect("stderr log"))
+            .spawn()
+            .expect("start apache2");
+        let mut apache = Apache { dir, port, child };
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || apache.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(up && apache.child.try_wait().ok().flatten().is_none(), "apache2 did not start:\n{}", apache.log());
+        apache
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Apache's stderr and error log, for failure messages.
+    fn log(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("error.log"))
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl as a browser: one cookie jar, the provider's CA trusted, redirects
+/// not followed so each hop can be checked.
+struct Browser {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+}
+
+/// One response: status, absolute Location (if any), body.
+struct Page {
+    status: u16,
+    location: String,
+    body: String,
+}
+
+impl Browser {
+    fn new(server: &TestServer) -> Self {
+        require_tool("curl");
+        Browser { dir: tempfile::tempdir().expect("tempdir"), ca: server.ca_path() }
+    }
+
+    fn request(&self, url: &str, form: &[(&str, &str)]) -> Page {
+        let jar = self.dir.path().join("cookies");
+        let body = self.dir.path().join("body");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10", "-H", "Accept: text/html", "-o"])
+            .arg(&body)
+            .args(["-w", "%{http_code} %{redirect_url}", "--cacert"])
+            .arg(&self.ca)
+            .arg("-b")
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar);
+        for (k, v) in form {
+            cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
+        }
+        let out = cmd.arg(url).output().expect("run curl");
+        let written = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, location) = written.split_once(' ').unwrap_or((&written, ""));
+        let body = if out.status.success() {
+            std::fs::read_to_string(&body).unwrap_or_default()
+        } else {
+            format!("curl {url} failed: {}", String::from_utf8_lossy(&out.stderr))
+        };
+        Page { status: status.parse().unwrap_or(0), location: location.to_string(), body }
+    }
+
+    fn get(&self, url: &str) -> Page {
+        self.request(url, &[])
+    }
+}
+
+/// A hidden field's value from the sign-in form, HTML entities undone.
+fn form_field(html: &str, name: &str) -> String {
+    let start = format!("name=\"{name}\" value=\"");
+    let at = html.find(&start).unwrap_or_else(|| panic!("no {name} field in: {html}")) + start.len();
+    let raw = &html[at..at + html[at..].find('"').expect("closing quote")];
+    raw.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+#[test]
+fn authorization_code_flow_with_apache_mod_auth_openidc() {
+    let server = TestServer::start();
+    server.add_user("apalice", "alice-pw-1");
+    server.cli(&["group", "add", "apstaff"], None);
+    server.cli(&["group", "add", "apops"], None);
+    server.cli(&["group", "add-member", "apstaff", "apalice"], None);
+    server.cli(&["group", "add-member", "apops", "apalice"], None);
+    let port = crate::common::free_port();
+    let redirect = format!("http://127.0.0.1:{port}/protected/redirect_uri");
+    let out = server.cli(&["oidc", "client", "add", "apache", "--redirect-uri", &redirect], None);
+    let secret = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string();
+    let show = server.cli(&["user", "show", "apalice"], None);
+    let uuid = show.lines().find_map(|l| l.strip_prefix("id:")).expect("id line").trim().to_string();
+    server.settle();
+    let apache = Apache::start(&server, port, &secret);
+    let browser = Browser::new(&server);
+    let hop = |what: &str, page: &Page, status: u16| {
+        assert_eq!(
+            page.status,
+            status,
+            "{what}: expected {status}, got {} (Location: {})\n{}\napache log:\n{}\nportcullis log:\n{}",
+            page.status,
+            page.location,
+            page.body,
+            apache.log(),
+            server.log()
+        );
+    };
+
+    // Not signed in: Apache sends the browser to Portcullis's authorization
+    // endpoint, with PKCE (S256), state and nonce.
+    let protected = apache.url("/protected/");
+    let first = browser.get(&protected);
+    hop("unauthenticated /protected/", &first, 302);
+    let authorize = format!("{}/oidc/authorize?", server.issuer());
+    assert!(first.location.starts_with(&authorize), "redirected to {}, not {authorize}", first.location);
+    let query = query_of(&first.location);
+    assert_eq!(query.get("client_id").map(String::as_str), Some("apache"));
+    assert_eq!(query.get("redirect_uri"), Some(&redirect));
+    assert_eq!(query.get("response_type").map(String::as_str), Some("code"));
+    assert_eq!(query.get("code_challenge_method").map(String::as_str), Some("S256"));
+    assert!(query.contains_key("state") && query.contains_key("nonce"), "{query:?}");
+
+    // The sign-in form, then the code back to Apache's redirect URI.
+    let form = browser.get(&first.location);
+    hop("authorization endpoint", &form, 200);
+    let signed_in = browser.request(
+        &format!("{}/oidc/signin", server.issuer()),
+        &[
+            ("csrf", &form_field(&form.body, "csrf")),
+            ("request", &form_field(&form.body, "request")),
+            ("username", "apalice"),
+            ("password", "alice-pw-1"),
+        ],
+    );
+    hop("sign-in", &signed_in, 303);
+    assert!(signed_in.location.starts_with(&format!("{redirect}?")), "{}", signed_in.location);
+    let back = query_of(&signed_in.location);
+    assert_eq!(back.get("iss"), Some(&server.issuer()));
+    assert_eq!(back.get("state"), query.get("state"));
+
+    // Apache redeems the code (client_secret_basic, PKCE), checks the RS256 ID
+    // token against the JWKS, and sends the browser back to the page.
+    let redeemed = browser.get(&signed_in.location);
+    hop("redirect URI", &redeemed, 302);
+    assert_eq!(redeemed.location, protected);
+    let page = browser.get(&protected);
+    hop("protected page", &page, 200);
+    for expected in [
+        "user=apalice".to_string(),
+        "preferred_username=apalice".to_string(),
+        format!("sub={uuid}"),
+        "email=apalice@example.org".to_string(),
+        format!("iss={}", server.issuer()),
+    ] {
+        assert!(page.body.contains(&expected), "{expected} not on the page:\n{}", page.body);
+    }
+    let groups = page.body.lines().find_map(|l| l.strip_prefix("<p>groups=")).expect("groups line");
+    let mut groups: Vec<&str> = groups.trim_end_matches("</p>").split(',').collect();
+    groups.sort_unstable();
+    assert_eq!(groups, ["apops", "apstaff"], "{}", page.body);
+
+    // The Apache session cookie keeps the browser signed in; another browser is not.
+    hop("second visit", &browser.get(&protected), 200);
+    let stranger = Browser::new(&server).get(&protected);
+    hop("another browser", &stranger, 302);
+    assert!(stranger.location.starts_with(&authorize), "{}", stranger.location);
+}
+
+/// The decoded query parameters of a URL.
+fn query_of(url: &str) -> std::collections::HashMap<String, String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }

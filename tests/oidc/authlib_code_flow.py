@@ -56,7 +56,7 @@ def sign_in(browser, page, username, pw, csrf=None):
 
 def new_session():
     return OAuth2Session(
-        client_id, secret, scope="openid profile email groups", redirect_uri=REDIRECT,
+        client_id, secret, scope="openid profile email groups offline_access", redirect_uri=REDIRECT,
         code_challenge_method="S256",
     )
 
@@ -111,11 +111,14 @@ if mode == "negatives":
     loc, q = code_from(sign_in(browser, page, user, password))
     s2 = new_session()
     s2.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=verifier, state=q["state"][0])
+    assert s2.get(meta["userinfo_endpoint"]).status_code == 200
     try:
         new_session().fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=verifier)
         out["code_reuse"] = "accepted"
     except Exception as e:
         out["code_reuse"] = str(e).split(":")[0]
+    # The reuse revoked what the first redemption issued.
+    out["after_code_reuse_userinfo"] = s2.get(meta["userinfo_endpoint"]).status_code
     print(json.dumps(out))
     sys.exit(0)
 
@@ -136,10 +139,39 @@ claims.validate()
 out["id_token"] = dict(claims)
 out["userinfo"] = session.get(meta["userinfo_endpoint"]).json()
 
+
+def introspect(tok):
+    r = requests.post(meta["introspection_endpoint"], data={"token": tok}, auth=(client_id, secret), timeout=10)
+    return r.json()["active"]
+
+
+# Refresh: rotation, then reuse detection revokes the whole family.
+first_refresh = token["refresh_token"]
+out["introspect_access"] = introspect(token["access_token"])
+out["introspect_refresh"] = introspect(first_refresh)
+rotated = session.refresh_token(meta["token_endpoint"], refresh_token=first_refresh)
+out["refresh_rotated"] = rotated["refresh_token"] != first_refresh
+out["refreshed_id_token_sub"] = jwt.decode(rotated["id_token"], keys)["sub"]
+try:
+    new_session().refresh_token(meta["token_endpoint"], refresh_token=first_refresh)
+    out["refresh_reuse"] = "accepted"
+except Exception as e:
+    out["refresh_reuse"] = str(e).split(":")[0]
+try:
+    new_session().refresh_token(meta["token_endpoint"], refresh_token=rotated["refresh_token"])
+    out["after_reuse_rotated"] = "accepted"
+except Exception as e:
+    out["after_reuse_rotated"] = str(e).split(":")[0]
+out["after_reuse_introspect"] = introspect(rotated["access_token"])
+
 # Single sign-on: the browser session satisfies prompt=none at once.
 sso_session = new_session()
 resp, verifier2, nonce2, _ = start(browser, sso_session, prompt="none")
 loc2, q2 = code_from(resp)
 t2 = sso_session.fetch_token(meta["token_endpoint"], authorization_response=loc2, code_verifier=verifier2)
 out["sso_sub"] = jwt.decode(t2["id_token"], keys)["sub"]
+# Revocation (RFC 7009) of the refresh token ends the whole family.
+sso_session.revoke_token(meta["revocation_endpoint"], token=t2["refresh_token"], token_type_hint="refresh_token")
+out["revoked_introspect"] = introspect(t2["access_token"])
+out["revoked_userinfo"] = sso_session.get(meta["userinfo_endpoint"]).status_code
 print(json.dumps(out))
