@@ -258,6 +258,25 @@ impl Provider {
         self.sign(&claims, "at+jwt")
     }
 
+    /// Reads an ID token we issued (signature and issuer; expiry ignored, as
+    /// `id_token_hint` allows): returns (client, subject).
+    pub fn id_token_hint(&self, token: &str) -> Option<(String, String)> {
+        #[derive(serde::Deserialize)]
+        struct Hint {
+            aud: String,
+            sub: String,
+        }
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let keys = self.keys.load();
+        let key = keys.verifying.get(header.kid.as_deref()?)?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        validation.validate_exp = false;
+        validation.required_spec_claims.remove("exp");
+        jsonwebtoken::decode::<Hint>(token, key, &validation).ok().map(|d| (d.claims.aud, d.claims.sub))
+    }
+
     /// Checks one of our access tokens: signature (any published key), issuer, expiry.
     pub fn verify_access_token(&self, token: &str) -> Option<VerifiedAccess> {
         let header = jsonwebtoken::decode_header(token).ok()?;
@@ -281,6 +300,7 @@ impl Provider {
             "authorization_endpoint": format!("{i}/oidc/authorize"),
             "token_endpoint": format!("{i}/oidc/token"),
             "userinfo_endpoint": format!("{i}/oidc/userinfo"),
+            "end_session_endpoint": format!("{i}/oidc/logout"),
             "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
             "revocation_endpoint": format!("{i}/oidc/revoke"),
             "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
@@ -289,6 +309,7 @@ impl Provider {
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
+            "authorization_response_iss_parameter_supported": true,
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": SCOPES,
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp",

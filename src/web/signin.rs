@@ -30,7 +30,10 @@ const CODE_SECS: i64 = 60;
 
 /// The sign-in routes.
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/oidc/authorize", get(authorize)).route("/oidc/signin", post(signin))
+    Router::new()
+        .route("/oidc/authorize", get(authorize))
+        .route("/oidc/signin", post(signin))
+        .route("/oidc/logout", get(logout).post(logout_confirmed))
 }
 
 /// A validated authorization request.
@@ -303,6 +306,105 @@ fn signin_page(req: &AuthRequest, error: Option<&str>, status: StatusCode) -> Re
     let mut r = page(status, "Sign in", &body);
     let value = format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Lax");
     if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// RP-initiated logout (OIDC RP-Initiated Logout 1.0). A valid
+/// `id_token_hint` for the signed-in user signs out at once; otherwise the
+/// user confirms with a CSRF-protected form. `post_logout_redirect_uri` must
+/// be registered for the client exactly, or there is no redirect at all.
+async fn logout(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let p = params(raw.as_deref().unwrap_or(""));
+    let hint = p.get("id_token_hint").and_then(|t| state.provider.id_token_hint(t));
+    let client_id = hint.as_ref().map(|(aud, _)| aud.clone()).or_else(|| p.get("client_id").cloned());
+    let target =
+        match logout_target(&state, client_id.as_deref(), p.get("post_logout_redirect_uri"), p.get("state")).await {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+    let now = state.identity.clock.now();
+    let session_id = cookie(&headers, SESSION_COOKIE);
+    let session = match &session_id {
+        Some(id) => state.identity.store.session(&hash_client_secret(id), now).await.ok().flatten(),
+        None => None,
+    };
+    let hint_matches = matches!((&hint, &session), (Some((_, sub)), Some((user, _))) if sub == user);
+    if hint_matches || session.is_none() {
+        return finish_logout(&state, session_id.as_deref(), target).await;
+    }
+    let csrf = random_token();
+    let body = format!(
+        "<p>Sign out of Portcullis?</p><form method=\"post\" action=\"/oidc/logout\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
+         <p><button type=\"submit\">Sign out</button></p></form>",
+        request = esc(raw.as_deref().unwrap_or(""))
+    );
+    let mut r = page(StatusCode::OK, "Sign out", &body);
+    if let Ok(v) = HeaderValue::from_str(&format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Lax")) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// Confirmation form fields.
+#[derive(Debug, serde::Deserialize)]
+struct LogoutForm {
+    csrf: String,
+    request: String,
+}
+
+async fn logout_confirmed(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
+    let csrf_ok = cookie(&headers, CSRF_COOKIE)
+        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), form.csrf.as_bytes())));
+    if !csrf_ok {
+        return page(StatusCode::FORBIDDEN, "Sign-out expired", "<p>The form expired. Go back and try again.</p>");
+    }
+    let p = params(&form.request);
+    let hint = p.get("id_token_hint").and_then(|t| state.provider.id_token_hint(t));
+    let client_id = hint.map(|(aud, _)| aud).or_else(|| p.get("client_id").cloned());
+    match logout_target(&state, client_id.as_deref(), p.get("post_logout_redirect_uri"), p.get("state")).await {
+        Ok(target) => finish_logout(&state, cookie(&headers, SESSION_COOKIE).as_deref(), target).await,
+        Err(r) => r,
+    }
+}
+
+/// Where to send the browser after sign-out; an unregistered URI is an error page.
+async fn logout_target(
+    state: &AppState,
+    client_id: Option<&str>,
+    uri: Option<&String>,
+    st: Option<&String>,
+) -> Result<Option<String>, Response> {
+    let Some(uri) = uri else { return Ok(None) };
+    let refuse = || {
+        page(
+            StatusCode::BAD_REQUEST,
+            "Cannot sign out",
+            "<p>The application asked to return to an address it has not registered.</p>",
+        )
+    };
+    let Some(client_id) = client_id else { return Err(refuse()) };
+    let client = state.identity.store.oidc_client(client_id).await.ok().flatten();
+    if !client.is_some_and(|c| c.post_logout_redirect_uris.contains(uri)) {
+        return Err(refuse());
+    }
+    let pairs: Vec<(&str, &str)> = st.map(|s| vec![("state", s.as_str())]).unwrap_or_default();
+    Ok(Some(if pairs.is_empty() { uri.clone() } else { with_query(uri, &pairs) }))
+}
+
+async fn finish_logout(state: &AppState, session_id: Option<&str>, target: Option<String>) -> Response {
+    if let Some(id) = session_id {
+        let _ = state.identity.store.delete_session(&hash_client_secret(id)).await;
+    }
+    let mut r = match target {
+        Some(uri) => Redirect::to(&uri).into_response(),
+        None => page(StatusCode::OK, "Signed out", "<p>You are signed out of Portcullis.</p>"),
+    };
+    let clear = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&clear) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r

@@ -69,7 +69,8 @@ fn client_credentials_with_authlib_and_key_rotation() {
         serde_json::json!(["authorization_code", "refresh_token", "client_credentials"])
     );
     assert_eq!(meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
-    assert!(meta.get("end_session_endpoint").is_none(), "not implemented yet, so not advertised");
+    assert_eq!(meta["end_session_endpoint"], format!("{}/oidc/logout", server.issuer()));
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
 
     let first = json(&authlib(&server, &["reports", &secret]));
     assert_eq!(first["sub"], "reports");
@@ -196,7 +197,18 @@ fn authorization_code_flow_with_authlib() {
     server.cli(&["group", "add-member", "pcdevs", "pcalice"], None);
     server.cli(&["group", "add-member", "pcops", "pcalice"], None);
     let out = server.cli(
-        &["oidc", "client", "add", "wiki", "--redirect-uri", "https://app.example.org/cb", "--allowed-group", "pcdevs"],
+        &[
+            "oidc",
+            "client",
+            "add",
+            "wiki",
+            "--redirect-uri",
+            "https://app.example.org/cb",
+            "--post-logout-redirect-uri",
+            "https://app.example.org/bye",
+            "--allowed-group",
+            "pcdevs",
+        ],
         None,
     );
     let secret = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string();
@@ -222,6 +234,9 @@ fn authorization_code_flow_with_authlib() {
     assert_eq!(flow["after_reuse_introspect"], false);
     assert_eq!(flow["revoked_introspect"], false);
     assert_eq!(flow["revoked_userinfo"], 401);
+    assert_eq!(flow["logout_open_redirect"], serde_json::json!([400, null]), "no open redirect on logout");
+    assert_eq!(flow["logout_redirect"], serde_json::json!([303, "https://app.example.org/bye?state=st8"]));
+    assert_eq!(flow["after_logout_prompt_none"], "login_required", "the session ended");
 
     // A user outside the allowed groups gets a page, never a code.
     let denied = code_flow(&server, "wiki", &secret, "pcbob", "bob-pw-123", "denied");

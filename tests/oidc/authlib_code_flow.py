@@ -174,4 +174,15 @@ out["sso_sub"] = jwt.decode(t2["id_token"], keys)["sub"]
 sso_session.revoke_token(meta["revocation_endpoint"], token=t2["refresh_token"], token_type_hint="refresh_token")
 out["revoked_introspect"] = introspect(t2["access_token"])
 out["revoked_userinfo"] = sso_session.get(meta["userinfo_endpoint"]).status_code
+
+# RP-initiated logout: an unregistered return address gets an error page, no redirect.
+evil = browser.get(meta["end_session_endpoint"], params={
+    "id_token_hint": t2["id_token"], "post_logout_redirect_uri": "https://evil.example.org/"}, allow_redirects=False)
+out["logout_open_redirect"] = [evil.status_code, evil.headers.get("location")]
+bye = browser.get(meta["end_session_endpoint"], params={
+    "id_token_hint": t2["id_token"], "post_logout_redirect_uri": "https://app.example.org/bye", "state": "st8"},
+    allow_redirects=False)
+out["logout_redirect"] = [bye.status_code, bye.headers.get("location")]
+resp, _, _, _ = start(browser, new_session(), prompt="none")
+out["after_logout_prompt_none"] = parse_qs(urlparse(resp.headers.get("location", "")).query).get("error", [None])[0]
 print(json.dumps(out))
