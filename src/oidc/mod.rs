@@ -322,3 +322,52 @@ impl Provider {
 
 /// Shared handle to the provider.
 pub type SharedProvider = Arc<Provider>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256() {
+        // Challenge computed independently (Python hashlib + base64url).
+        let verifier = "dBjftJeZ4CVP-mJ92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        assert!(pkce_matches("ngF5GsXcbwljx6u133FFr3Xht9xooA_DuaX_3QwODtc", verifier));
+        assert!(!pkce_matches("ngF5GsXcbwljx6u133FFr3Xht9xooA_DuaX_3QwODtd", verifier));
+        assert!(!pkce_matches("ngF5GsXcbwljx6u133FFr3Xht9xooA_DuaX_3QwODtc", "short"));
+    }
+
+    fn client(groups: &[&str]) -> OidcClient {
+        OidcClient {
+            id: "c".into(),
+            name: "wiki".into(),
+            secret_hash: Some(hash_client_secret("s3cret")),
+            redirect_uris: vec![],
+            post_logout_redirect_uris: vec![],
+            allowed_groups: groups.iter().map(|g| g.to_string()).collect(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn claims_follow_scope_and_allowlist() {
+        let user = UserInfo {
+            sub: "uuid-1".into(),
+            preferred_username: "alice".into(),
+            name: "Alice".into(),
+            email: Some("a@example.org".into()),
+            groups: vec!["devs".into(), "ops".into()],
+        };
+        let c = user.claims("openid", &client(&[]));
+        assert_eq!(c.len(), 1, "openid alone releases only sub: {c:?}");
+        let c = user.claims("openid profile email groups", &client(&["devs"]));
+        assert_eq!(c["preferred_username"], "alice");
+        assert_eq!(c["email_verified"], false);
+        assert_eq!(c["groups"], serde_json::json!(["devs"]));
+        assert!(user.allowed(&client(&["devs"])));
+        assert!(!user.allowed(&client(&["admins"])));
+        assert!(user.allowed(&client(&[])));
+        assert!(client_secret_matches(&client(&[]), "s3cret"));
+        assert!(!client_secret_matches(&client(&[]), "s3creT"));
+    }
+}

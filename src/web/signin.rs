@@ -46,6 +46,8 @@ struct AuthRequest {
     code_challenge: Option<String>,
     prompt: Vec<String>,
     max_age: Option<i64>,
+    /// Pre-fills the user name field.
+    login_hint: Option<String>,
     /// The original query string, carried through the sign-in form.
     raw: String,
 }
@@ -120,6 +122,7 @@ async fn validate(state: &AppState, raw: &str) -> Result<AuthRequest, Reject> {
         code_challenge,
         prompt: p.get("prompt").map(|v| v.split(' ').map(str::to_string).collect()).unwrap_or_default(),
         max_age,
+        login_hint: p.get("login_hint").filter(|h| h.len() <= 64).cloned(),
         raw: raw.to_string(),
         client,
     })
@@ -296,12 +299,13 @@ fn signin_page(req: &AuthRequest, error: Option<&str>, status: StatusCode) -> Re
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <input type=\"hidden\" name=\"request\" value=\"{request}\">\
          <p><label for=\"username\">User name</label><br>\
-         <input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus></p>\
+         <input id=\"username\" name=\"username\" value=\"{hint}\" autocomplete=\"username\" required autofocus></p>\
          <p><label for=\"password\">Password</label><br>\
          <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></p>\
          <p><button type=\"submit\">Sign in</button></p></form>",
         client = esc(&req.client.name),
         request = esc(&req.raw),
+        hint = esc(req.login_hint.as_deref().unwrap_or("")),
     );
     let mut r = page(status, "Sign in", &body);
     let value = format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Lax");
