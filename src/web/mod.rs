@@ -30,7 +30,17 @@ pub fn app(state: AppState) -> Router {
         .merge(oidc::routes())
         .merge(signin::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(deadline))
         .with_state(state)
+}
+
+/// Every request gets an answer within 30 s (a stuck handler gives 503).
+async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(Duration::from_secs(30), next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
+    }
 }
 
 /// Binds the HTTPS listener (at start-up, so a taken port fails loudly).
@@ -64,7 +74,10 @@ pub async fn serve(
         stopper.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     tracing::info!(https = %listener.local_addr()?, "web server listening");
-    axum_server::from_tcp_rustls(listener, config)?
+    let mut server = axum_server::from_tcp_rustls(listener, config)?;
+    // A client must send its request headers promptly (slowloris).
+    server.http_builder().http1().header_read_timeout(Duration::from_secs(10));
+    server
         .handle(handle)
         .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
         .await?;

@@ -330,6 +330,37 @@ fn authorization_code_flow_with_openid_client() {
     assert_eq!(seen["userinfo"]["groups"], serde_json::json!(["ocstaff"]));
     assert_eq!(seen["sso_signed_in_again"], false, "the browser session gives single sign-on");
     assert_eq!(seen["sso_sub"], uuid.as_str());
+    // offline_access brings a refresh token; openid-client introspects both tokens.
+    assert_eq!(seen["scope"], "openid profile email groups offline_access");
+    assert_eq!(seen["refresh_token_issued"], true, "offline_access brings a refresh token");
+    let active = |token_type: &str| {
+        let mut expected = serde_json::json!({ "active": true, "sub": uuid, "client_id": "nodeapp" });
+        expected["token_type"] = token_type.into();
+        expected
+    };
+    let inactive = serde_json::json!({ "active": false });
+    assert_eq!(seen["introspect_access"], active("Bearer"));
+    assert_eq!(seen["introspect_refresh"], active("refresh_token"));
+    // Refresh rotates the refresh token and brings a new, validated ID token.
+    let refresh = &seen["refresh"];
+    assert_eq!(refresh["new_access_token"], true);
+    assert_eq!(refresh["rotated"], true, "each refresh issues a new refresh token");
+    assert_eq!(refresh["id_token_sub"], uuid.as_str());
+    assert_eq!(refresh["id_token_aud"], "nodeapp");
+    assert_eq!(refresh["introspect_access"], active("Bearer"));
+    // Replaying the spent refresh token revokes its whole family.
+    assert_eq!(seen["refresh_reuse"], "invalid_grant");
+    assert_eq!(seen["after_reuse_refresh"], "invalid_grant", "reuse revokes the whole family");
+    assert_eq!(seen["after_reuse_introspect_access"], inactive);
+    assert_eq!(seen["after_reuse_introspect_refresh"], inactive);
+    assert_eq!(seen["after_reuse_userinfo"], 401);
+    // Revoking the SSO flow's refresh token revokes its access token too.
+    assert_eq!(seen["sso_before_revoke_introspect"], active("Bearer"));
+    assert_eq!(seen["sso_before_revoke_userinfo_sub"], uuid.as_str());
+    assert_eq!(seen["revoked_introspect_access"], inactive, "revocation reaches the access token");
+    assert_eq!(seen["revoked_introspect_refresh"], inactive);
+    assert_eq!(seen["revoked_userinfo"], 401);
+    assert_eq!(seen["revoked_refresh"], "invalid_grant");
     // The ID token's signature is checked against the JWKS: with a foreign key
     // under the provider's kid, the flow fails.
     assert_eq!(seen["foreign_key_jwks_fetched"], true, "openid-client fetched the JWKS to check the signature");
@@ -338,6 +369,9 @@ fn authorization_code_flow_with_openid_client() {
     // trusts an ID token from the token endpoint on TLS alone.
     assert_eq!(seen["foreign_key_unchecked_jwks_fetched"], false);
     assert_eq!(seen["foreign_key_unchecked"], "accepted");
+    // The ID token from a refresh is checked against the JWKS as well.
+    assert_eq!(seen["foreign_key_refresh_jwks_fetched"], true);
+    assert_eq!(seen["foreign_key_refresh"], "JWT signature verification failed");
 }
 
 /// Where Debian's libapache2-mod-auth-openidc puts the module.

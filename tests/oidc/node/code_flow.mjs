@@ -3,7 +3,9 @@
 // jar, sign-in form), ID-token validation with the signature checked against
 // the provider's JWKS, userinfo; then single sign-on with client_secret_post,
 // and a JWKS holding a foreign key under the provider's kid, which must make
-// the same flow fail.
+// the same flow fail. With offline_access, openid-client also introspects
+// both tokens, refreshes (rotation, ID token checked again), replays the spent
+// refresh token (which revokes the family), and revokes the SSO flow's tokens.
 //
 // Usage: node code_flow.mjs ISSUER CLIENT_ID CLIENT_SECRET USER PASSWORD
 // Trust the provider's CA with NODE_EXTRA_CA_CERTS (read at process start).
@@ -18,10 +20,28 @@ if (!password) {
   process.exit(2);
 }
 const REDIRECT = 'https://app.example.org/cb';
-const SCOPE = 'openid profile email groups';
+const SCOPE = 'openid profile email groups offline_access';
 
 function check(ok, what) {
   if (!ok) throw new Error(`check failed: ${what}`);
+}
+
+// What an introspection response says about a token, as far as the test cares.
+async function introspect(config, token) {
+  const r = await client.tokenIntrospection(config, token);
+  return r.active ? { active: true, sub: r.sub, client_id: r.client_id, token_type: r.token_type } : { active: false };
+}
+
+// The OAuth error code (or HTTP status) a call that must fail failed with.
+async function refusal(promise) {
+  try {
+    await promise;
+    return 'accepted';
+  } catch (e) {
+    if (e instanceof client.ResponseBodyError) return e.error;
+    if (e instanceof client.WWWAuthenticateChallengeError) return e.status;
+    throw e;
+  }
 }
 
 // A browser's cookie jar, as far as this flow needs one.
@@ -101,22 +121,56 @@ async function main() {
   out.id_token = tokens.claims();
   out.id_token_header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url'));
   out.userinfo = await client.fetchUserInfo(config, tokens.access_token, out.id_token.sub);
+  out.scope = tokens.scope;
+  out.refresh_token_issued = typeof tokens.refresh_token === 'string' && tokens.refresh_token.length > 0;
+  out.introspect_access = await introspect(config, tokens.access_token);
+  out.introspect_refresh = await introspect(config, tokens.refresh_token);
+
+  // Refresh: rotation, and a new ID token, checked like the first (signature
+  // included: non-repudiation checks are still on).
+  const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token);
+  out.refresh = {
+    new_access_token: refreshed.access_token !== tokens.access_token,
+    rotated: typeof refreshed.refresh_token === 'string' && refreshed.refresh_token !== tokens.refresh_token,
+    id_token_sub: refreshed.claims()?.sub,
+    id_token_aud: refreshed.claims()?.aud,
+    introspect_access: await introspect(config, refreshed.access_token),
+  };
+  // Replaying the spent refresh token revokes the whole family: the newest
+  // refresh token and access token die with it.
+  out.refresh_reuse = await refusal(client.refreshTokenGrant(config, tokens.refresh_token));
+  out.after_reuse_refresh = await refusal(client.refreshTokenGrant(config, refreshed.refresh_token));
+  out.after_reuse_introspect_access = await introspect(config, refreshed.access_token);
+  out.after_reuse_introspect_refresh = await introspect(config, refreshed.refresh_token);
+  out.after_reuse_userinfo = await refusal(client.fetchUserInfo(config, refreshed.access_token, out.id_token.sub));
 
   // Single sign-on with the browser's session, client_secret_post this time.
   const post = new client.Configuration(meta, clientId, undefined, client.ClientSecretPost(secret));
   client.enableNonRepudiationChecks(post);
   const sso = await authorize(post);
   out.sso_signed_in_again = sso.signedIn;
-  out.sso_sub = (await client.authorizationCodeGrant(post, sso.callback, sso.checks)).claims().sub;
+  const ssoTokens = await client.authorizationCodeGrant(post, sso.callback, sso.checks);
+  out.sso_sub = ssoTokens.claims().sub;
+  // Revoking the refresh token (client_secret_post) revokes the family,
+  // access token included.
+  check(typeof ssoTokens.refresh_token === 'string', 'a refresh token in the SSO flow');
+  out.sso_before_revoke_introspect = await introspect(post, ssoTokens.access_token);
+  out.sso_before_revoke_userinfo_sub = (await client.fetchUserInfo(post, ssoTokens.access_token, out.sso_sub)).sub;
+  await client.tokenRevocation(post, ssoTokens.refresh_token);
+  out.revoked_introspect_access = await introspect(post, ssoTokens.access_token);
+  out.revoked_introspect_refresh = await introspect(post, ssoTokens.refresh_token);
+  out.revoked_userinfo = await refusal(client.fetchUserInfo(post, ssoTokens.access_token, out.sso_sub));
+  out.revoked_refresh = await refusal(client.refreshTokenGrant(post, ssoTokens.refresh_token));
 
   // A JWKS with a foreign RSA key under the provider's kid: the ID token's
   // signature no longer verifies, so the token response must be refused.
   // Without enableNonRepudiationChecks the same flow passes (the JWKS is
-  // never fetched): that is why the option is set above.
+  // never fetched): that is why the option is set above. The same holds for
+  // the ID token of a refresh.
   const real = await (await fetch(meta.jwks_uri)).json();
   const foreignKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ format: 'jwk' });
   const foreign = { keys: real.keys.map((k) => ({ ...foreignKey, kid: k.kid, alg: k.alg, use: k.use })) };
-  for (const [key, nonRepudiation] of [['foreign_key', true], ['foreign_key_unchecked', false]]) {
+  const forgedConfig = (key, nonRepudiation) => {
     const forged = new client.Configuration(meta, clientId, undefined, client.ClientSecretBasic(secret));
     out[`${key}_jwks_fetched`] = false;
     forged[client.customFetch] = (url, options) => {
@@ -125,13 +179,26 @@ async function main() {
       return Promise.resolve(Response.json(foreign));
     };
     if (nonRepudiation) client.enableNonRepudiationChecks(forged);
+    return forged;
+  };
+  let unchecked;
+  for (const [key, nonRepudiation] of [['foreign_key', true], ['foreign_key_unchecked', false]]) {
+    const forged = forgedConfig(key, nonRepudiation);
     const bad = await authorize(forged);
     try {
-      await client.authorizationCodeGrant(forged, bad.callback, bad.checks);
+      unchecked = await client.authorizationCodeGrant(forged, bad.callback, bad.checks);
       out[key] = 'accepted';
     } catch (e) {
       out[key] = e.cause?.message ?? e.message;
     }
+  }
+  // The ID token a refresh brings is checked the same way.
+  check(unchecked?.refresh_token, 'a refresh token from the unchecked flow');
+  try {
+    await client.refreshTokenGrant(forgedConfig('foreign_key_refresh', true), unchecked.refresh_token);
+    out.foreign_key_refresh = 'accepted';
+  } catch (e) {
+    out.foreign_key_refresh = e.cause?.message ?? e.message;
   }
   console.log(JSON.stringify(out));
 }
