@@ -77,9 +77,6 @@ pub async fn serve(
     let mut server = axum_server::from_tcp_rustls(listener, config)?;
     // A client must send its request headers promptly (slowloris).
     server.http_builder().http1().header_read_timeout(Duration::from_secs(10));
-    server
-        .handle(handle)
-        .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
-        .await?;
+    server.handle(handle).serve(app(state).into_make_service_with_connect_info::<SocketAddr>()).await?;
     Ok(())
 }
