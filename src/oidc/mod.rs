@@ -308,7 +308,7 @@ impl Provider {
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
+            "response_modes_supported": ["query", "form_post"],
             "authorization_response_iss_parameter_supported": true,
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": SCOPES,

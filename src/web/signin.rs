@@ -15,6 +15,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
+use base64::Engine;
+use sha2::Digest;
+
 use super::AppState;
 use crate::directory::{AccountKind, dn};
 use crate::model::OidcClient;
@@ -48,6 +51,8 @@ struct AuthRequest {
     max_age: Option<i64>,
     /// Pre-fills the user name field.
     login_hint: Option<String>,
+    /// Deliver the response as an auto-submitted POST form (OAuth 2.0 Form Post Response Mode).
+    form_post: bool,
     /// The original query string, carried through the sign-in form.
     raw: String,
 }
@@ -57,7 +62,7 @@ enum Reject {
     /// Client or redirect URI cannot be trusted: show a page, never redirect.
     Page(StatusCode, &'static str),
     /// Tell the client, at its registered redirect URI.
-    Redirect { uri: String, state: Option<String>, error: &'static str, description: &'static str },
+    Redirect { uri: String, state: Option<String>, error: &'static str, description: &'static str, form_post: bool },
 }
 
 fn params(raw: &str) -> HashMap<String, String> {
@@ -85,13 +90,19 @@ async fn validate(state: &AppState, raw: &str) -> Result<AuthRequest, Reject> {
         ));
     }
     let st = p.get("state").cloned();
-    let fail =
-        |error, description| Reject::Redirect { uri: redirect_uri.clone(), state: st.clone(), error, description };
+    let form_post = p.get("response_mode").map(String::as_str) == Some("form_post");
+    let fail = |error, description| Reject::Redirect {
+        uri: redirect_uri.clone(),
+        state: st.clone(),
+        error,
+        description,
+        form_post,
+    };
     if p.get("response_type").map(String::as_str) != Some("code") {
         return Err(fail("unsupported_response_type", "only response_type=code is supported"));
     }
-    if p.get("response_mode").is_some_and(|m| m != "query") {
-        return Err(fail("invalid_request", "only response_mode=query is supported"));
+    if p.get("response_mode").is_some_and(|m| m != "query" && m != "form_post") {
+        return Err(fail("invalid_request", "response_mode must be query or form_post"));
     }
     if p.contains_key("request") || p.contains_key("request_uri") {
         return Err(fail("request_not_supported", "request objects are not supported"));
@@ -123,6 +134,7 @@ async fn validate(state: &AppState, raw: &str) -> Result<AuthRequest, Reject> {
         prompt: p.get("prompt").map(|v| v.split(' ').map(str::to_string).collect()).unwrap_or_default(),
         max_age,
         login_hint: p.get("login_hint").filter(|h| h.len() <= 64).cloned(),
+        form_post,
         raw: raw.to_string(),
         client,
     })
@@ -157,6 +169,7 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, RawQuery(r
             state: req.state,
             error: "login_required",
             description: "the user is not signed in",
+            form_post: req.form_post,
         }),
         _ => signin_page(&req, None, StatusCode::OK),
     }
@@ -265,7 +278,7 @@ async fn continue_authorization(state: &AppState, req: &AuthRequest, user_id: &s
     if let Some(s) = &req.state {
         pairs.push(("state", s));
     }
-    Redirect::to(&with_query(&req.redirect_uri, &pairs)).into_response()
+    respond(&req.redirect_uri, &pairs, req.form_post)
 }
 
 fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
@@ -280,14 +293,43 @@ fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
 fn reject(r: Reject) -> Response {
     match r {
         Reject::Page(status, message) => page(status, "Cannot sign in", &format!("<p>{}</p>", esc(message))),
-        Reject::Redirect { uri, state, error, description } => {
+        Reject::Redirect { uri, state, error, description, form_post } => {
             let mut pairs = vec![("error", error), ("error_description", description)];
             if let Some(s) = state.as_deref() {
                 pairs.push(("state", s));
             }
-            Redirect::to(&with_query(&uri, &pairs)).into_response()
+            respond(&uri, &pairs, form_post)
         }
     }
+}
+
+/// The script that submits a form_post response; allowed by its CSP hash.
+const AUTO_SUBMIT: &str = "document.forms[0].submit()";
+
+/// Sends an authorization response: a 303 with query parameters, or an HTML
+/// form POSTed to the client (with a button for browsers without JavaScript).
+fn respond(uri: &str, pairs: &[(&str, &str)], form_post: bool) -> Response {
+    if !form_post {
+        return Redirect::to(&with_query(uri, pairs)).into_response();
+    }
+    let inputs: String = pairs
+        .iter()
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
+        .collect();
+    let body = format!(
+        "<form method=\"post\" action=\"{action}\">{inputs}<p><button type=\"submit\">Continue</button></p></form>\
+         <script>{AUTO_SUBMIT}</script>",
+        action = esc(uri)
+    );
+    let mut r = page(StatusCode::OK, "Continue", &body);
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(AUTO_SUBMIT.as_bytes()));
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{hash}'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
 }
 
 fn signin_page(req: &AuthRequest, error: Option<&str>, status: StatusCode) -> Response {

@@ -253,6 +253,10 @@ fn authorization_code_flow_with_authlib() {
     assert_eq!(neg["pkce_mismatch"], "invalid_grant");
     assert_eq!(neg["code_reuse"], "invalid_grant");
     assert_eq!(neg["after_code_reuse_userinfo"], 401, "code reuse revokes the first redemption's tokens");
+    assert_eq!(
+        neg["form_post"],
+        serde_json::json!({"status": 200, "action": "https://app.example.org/cb", "state_ok": true, "csp_script_hash": true, "token": true})
+    );
 }
 
 /// Runs the openid-client relying party (Node) that scripts/test installs.

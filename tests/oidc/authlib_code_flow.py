@@ -119,6 +119,18 @@ if mode == "negatives":
         out["code_reuse"] = str(e).split(":")[0]
     # The reuse revoked what the first redemption issued.
     out["after_code_reuse_userinfo"] = s2.get(meta["userinfo_endpoint"]).status_code
+    # response_mode=form_post: an HTML form that POSTs code and state to the client.
+    fp_session = new_session()
+    resp, fp_verifier, _, fp_state = start(browser, fp_session, response_mode="form_post")
+    action = re.search(r'<form method="post" action="([^"]*)"', resp.text)
+    out["form_post"] = {
+        "status": resp.status_code,
+        "action": action.group(1) if action else None,
+        "state_ok": field(resp.text, "state") == fp_state,
+        "csp_script_hash": "script-src 'sha256-" in resp.headers.get("content-security-policy", ""),
+    }
+    fp_token = fp_session.fetch_token(meta["token_endpoint"], code=field(resp.text, "code"), code_verifier=fp_verifier)
+    out["form_post"]["token"] = "id_token" in fp_token
     print(json.dumps(out))
     sys.exit(0)
 
