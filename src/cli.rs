@@ -196,6 +196,9 @@ pub enum OidcClientCmd {
         /// Only members of this group may sign in; may repeat.
         #[arg(long = "allowed-group")]
         allowed_groups: Vec<String>,
+        /// A third-party application: each user must approve it once (consent page).
+        #[arg(long)]
+        third_party: bool,
     },
     /// List clients.
     List,
@@ -473,7 +476,7 @@ async fn service(store: &Store, cmd: ServiceCmd, actor: &Actor) -> anyhow::Resul
 
 async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow::Result<()> {
     match cmd {
-        OidcClientCmd::Add { name, redirect_uris, post_logout_redirect_uris, public, allowed_groups } => {
+        OidcClientCmd::Add { name, redirect_uris, post_logout_redirect_uris, public, allowed_groups, third_party } => {
             let secret = (!public).then(client_secret);
             let data = store.load_directory().await?;
             for g in &allowed_groups {
@@ -489,6 +492,7 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
                 redirect_uris,
                 post_logout_redirect_uris,
                 allowed_groups,
+                consent_required: third_party,
                 created_at: tx.now(),
                 updated_at: tx.now(),
             };

@@ -171,6 +171,8 @@ pub struct OidcClient {
     pub post_logout_redirect_uris: Vec<String>,
     /// Only members of these groups may sign in; empty = everyone.
     pub allowed_groups: Vec<String>,
+    /// Third-party clients ask each user's consent; first-party ones skip it.
+    pub consent_required: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }

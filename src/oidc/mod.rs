@@ -344,6 +344,7 @@ mod tests {
             redirect_uris: vec![],
             post_logout_redirect_uris: vec![],
             allowed_groups: groups.iter().map(|g| g.to_string()).collect(),
+            consent_required: false,
             created_at: 0,
             updated_at: 0,
         }

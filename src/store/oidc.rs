@@ -19,11 +19,12 @@ fn client_from_row(r: &sqlx::sqlite::SqliteRow) -> OidcClient {
         allowed_groups: split(&r.get::<String, _>(5)),
         created_at: r.get(6),
         updated_at: r.get(7),
+        consent_required: r.get(8),
     }
 }
 
-const CLIENT_COLUMNS: &str =
-    "id, name, secret_hash, redirect_uris, post_logout_redirect_uris, allowed_groups, created_at, updated_at";
+const CLIENT_COLUMNS: &str = "id, name, secret_hash, redirect_uris, post_logout_redirect_uris, allowed_groups, \
+     created_at, updated_at, consent_required";
 
 impl Store {
     /// Every registered client, by name.
@@ -114,7 +115,7 @@ impl WriteTx {
         if exists.is_some() {
             return Err(StoreError::Duplicate(Kind::OidcClient, client.name.clone()));
         }
-        sqlx::query(&format!("INSERT INTO oidc_clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO oidc_clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&client.id)
             .bind(&client.name)
             .bind(&client.secret_hash)
@@ -123,6 +124,7 @@ impl WriteTx {
             .bind(client.allowed_groups.join("\n"))
             .bind(client.created_at)
             .bind(client.updated_at)
+            .bind(client.consent_required)
             .execute(self.conn())
             .await?;
         self.audit(actor, "oidc.client.add", &client.name, "").await

@@ -282,3 +282,39 @@ impl Store {
         Ok(row.is_some())
     }
 }
+
+impl Store {
+    /// Whether `user_id` already consented to `client` for every scope in `scope`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn has_consent(&self, user_id: &str, client: &str, scope: &str) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT scope FROM consents WHERE user_id = ? AND client_name = ?")
+            .bind(user_id)
+            .bind(client)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some_and(|r| {
+            let granted: String = r.get(0);
+            scope.split(' ').filter(|s| !s.is_empty()).all(|s| granted.split(' ').any(|g| g == s))
+        }))
+    }
+
+    /// Records (or widens) a user's consent to a client.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn grant_consent(&self, user_id: &str, client: &str, scope: &str, now: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO consents (user_id, client_name, scope, granted_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (user_id, client_name) DO UPDATE SET scope = excluded.scope, granted_at = excluded.granted_at",
+        )
+        .bind(user_id)
+        .bind(client)
+        .bind(scope)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

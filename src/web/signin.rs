@@ -36,6 +36,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/oidc/authorize", get(authorize))
         .route("/oidc/signin", post(signin))
+        .route("/oidc/consent", post(consent))
         .route("/oidc/logout", get(logout).post(logout_confirmed))
 }
 
@@ -162,7 +163,7 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, RawQuery(r
     let fresh_enough = |auth_time: i64| req.max_age.is_none_or(|m| now - auth_time <= m);
     match session {
         Some((user_id, auth_time)) if fresh_enough(auth_time) && !req.prompt.iter().any(|p| p == "login") => {
-            continue_authorization(&state, &req, &user_id, auth_time).await
+            continue_authorization(&state, &req, &user_id, auth_time, false).await
         }
         _ if req.prompt.iter().any(|p| p == "none") => reject(Reject::Redirect {
             uri: req.redirect_uri,
@@ -232,7 +233,7 @@ async fn signin(
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
     }
     tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
-    let mut response = continue_authorization(&state, &req, &account.id, now).await;
+    let mut response = continue_authorization(&state, &req, &account.id, now, false).await;
     let value =
         format!("{SESSION_COOKIE}={session_id}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECS}");
     if let Ok(v) = HeaderValue::from_str(&value) {
@@ -242,7 +243,13 @@ async fn signin(
 }
 
 /// The one exit of the sign-in state machine: policy checks, then a code.
-async fn continue_authorization(state: &AppState, req: &AuthRequest, user_id: &str, auth_time: i64) -> Response {
+async fn continue_authorization(
+    state: &AppState,
+    req: &AuthRequest,
+    user_id: &str,
+    auth_time: i64,
+    consented: bool,
+) -> Response {
     let snap = state.identity.directory.load();
     let disabled = snap.user_by_id(user_id).and_then(|e| snap.account(&e.ndn)).is_none_or(|a| a.disabled);
     let Some(user) = UserInfo::from_snapshot(&snap, user_id).filter(|_| !disabled) else {
@@ -257,6 +264,23 @@ async fn continue_authorization(state: &AppState, req: &AuthRequest, user_id: &s
                 esc(&req.client.name)
             ),
         );
+    }
+    let asked = req.prompt.iter().any(|p| p == "consent");
+    if !consented && (req.client.consent_required || asked) {
+        let remembered =
+            !asked && state.identity.store.has_consent(user_id, &req.client.name, &req.scope).await.unwrap_or(false);
+        if !remembered {
+            if req.prompt.iter().any(|p| p == "none") {
+                return reject(Reject::Redirect {
+                    uri: req.redirect_uri.clone(),
+                    state: req.state.clone(),
+                    error: "consent_required",
+                    description: "the user has not approved this application",
+                    form_post: req.form_post,
+                });
+            }
+            return consent_page(req, &user);
+        }
     }
     let code = random_token();
     let now = state.identity.clock.now();
@@ -355,6 +379,81 @@ fn signin_page(req: &AuthRequest, error: Option<&str>, status: StatusCode) -> Re
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
+}
+
+fn consent_page(req: &AuthRequest, user: &UserInfo) -> Response {
+    let csrf = random_token();
+    let scopes: String = req
+        .scope
+        .split(' ')
+        .filter_map(|s| match s {
+            "profile" => Some("your name and user name"),
+            "email" => Some("your e-mail address"),
+            "groups" => Some("your group memberships"),
+            "offline_access" => Some("access while you are signed out"),
+            _ => None,
+        })
+        .map(|d| format!("<li>{d}</li>"))
+        .collect();
+    let body = format!(
+        "<p><strong>{client}</strong> asks to sign you in as <strong>{user}</strong> and to see:</p>\
+         <ul><li>a stable identifier for your account</li>{scopes}</ul>\
+         <form method=\"post\" action=\"/oidc/consent\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
+         <p><button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button> \
+         <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></p></form>",
+        client = esc(&req.client.name),
+        user = esc(&user.preferred_username),
+        request = esc(&req.raw),
+    );
+    let mut r = page(StatusCode::OK, "Allow access?", &body);
+    if let Ok(v) = HeaderValue::from_str(&format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Lax")) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// Consent form fields.
+#[derive(Debug, serde::Deserialize)]
+struct ConsentForm {
+    csrf: String,
+    request: String,
+    decision: String,
+}
+
+async fn consent(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ConsentForm>) -> Response {
+    let csrf_ok = cookie(&headers, CSRF_COOKIE)
+        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), form.csrf.as_bytes())));
+    if !csrf_ok {
+        return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
+    }
+    let req = match validate(&state, &form.request).await {
+        Ok(r) => r,
+        Err(r) => return reject(r),
+    };
+    let now = state.identity.clock.now();
+    let session = match cookie(&headers, SESSION_COOKIE) {
+        Some(id) => state.identity.store.session(&hash_client_secret(&id), now).await.ok().flatten(),
+        None => None,
+    };
+    let Some((user_id, auth_time)) = session else {
+        return signin_page(&req, Some("Your sign-in expired; sign in again."), StatusCode::UNAUTHORIZED);
+    };
+    if form.decision != "allow" {
+        return reject(Reject::Redirect {
+            uri: req.redirect_uri,
+            state: req.state,
+            error: "access_denied",
+            description: "the user denied access",
+            form_post: req.form_post,
+        });
+    }
+    if let Err(e) = state.identity.store.grant_consent(&user_id, &req.client.name, &req.scope, now).await {
+        tracing::error!(error = %e, "cannot store consent");
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+    }
+    continue_authorization(&state, &req, &user_id, auth_time, true).await
 }
 
 /// RP-initiated logout (OIDC RP-Initiated Logout 1.0). A valid

@@ -244,6 +244,22 @@ fn authorization_code_flow_with_authlib() {
     assert_eq!(denied["not_allowed_page"], true);
     assert_eq!(denied["redirected"], false);
 
+    // A third-party client asks for consent once; deny, prompt=none and allow behave as specified.
+    let out = server.cli(
+        &["oidc", "client", "add", "partner", "--redirect-uri", "https://app.example.org/cb", "--third-party"],
+        None,
+    );
+    let partner = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string();
+    server.settle();
+    let consent = code_flow(&server, "partner", &partner, "pcbob", "bob-pw-123", "consent");
+    assert_eq!(
+        consent,
+        serde_json::json!({
+            "consent_page": true, "deny_error": "access_denied", "prompt_none_without_consent": "consent_required",
+            "consent_page_again": true, "allowed_token": true, "remembered": true
+        })
+    );
+
     let neg = code_flow(&server, "wiki", &secret, "pcalice", "alice-pw-1", "negatives");
     assert_eq!(neg["wrong_password_status"], 401);
     assert_eq!(neg["csrf_missing_status"], 403);

@@ -4,7 +4,7 @@ with Authlib's own JOSE code, userinfo, single sign-on with prompt=none, and
 the refusals a provider owes its clients.
 
 Usage: authlib_code_flow.py ISSUER CA_FILE CLIENT_ID CLIENT_SECRET USER PASSWORD MODE
-MODE: flow | denied | negatives
+MODE: flow | denied | negatives | consent
 Prints one JSON line with what it saw; exits non-zero on any failure.
 """
 
@@ -79,6 +79,28 @@ if mode == "denied":
     out["status"] = resp.status_code
     out["not_allowed_page"] = "Not allowed" in resp.text
     out["redirected"] = "location" in resp.headers
+    print(json.dumps(out))
+    sys.exit(0)
+
+def consent_post(browser, page, decision):
+    form = {"csrf": field(page.text, "csrf"), "request": field(page.text, "request"), "decision": decision}
+    return browser.post(f"{issuer}/oidc/consent", data=form, allow_redirects=False)
+
+
+if mode == "consent":
+    resp = sign_in(browser, page, user, password)
+    out["consent_page"] = resp.status_code == 200 and "Allow access?" in resp.text
+    denied = consent_post(browser, resp, "deny")
+    out["deny_error"] = parse_qs(urlparse(denied.headers.get("location", "")).query).get("error", [None])[0]
+    resp, _, _, _ = start(browser, new_session(), prompt="none")
+    out["prompt_none_without_consent"] = parse_qs(urlparse(resp.headers.get("location", "")).query).get("error", [None])[0]
+    s3 = new_session()
+    resp, v3, _, _ = start(browser, s3)
+    out["consent_page_again"] = resp.status_code == 200 and "Allow access?" in resp.text
+    loc, q = code_from(consent_post(browser, resp, "allow"))
+    out["allowed_token"] = "id_token" in s3.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=v3)
+    resp, _, _, _ = start(browser, new_session(), prompt="none")
+    out["remembered"] = "code" in parse_qs(urlparse(resp.headers.get("location", "")).query)
     print(json.dumps(out))
     sys.exit(0)
 
