@@ -318,3 +318,43 @@ impl Store {
         Ok(())
     }
 }
+
+/// One sign-in session, as listed on the account page.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The stored hash; safe to show the session's owner as an identifier.
+    pub id_hash: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+impl Store {
+    /// The live sessions of a user, newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn sessions_of(&self, user_id: &str, now: i64) -> StoreResult<Vec<SessionInfo>> {
+        let rows = sqlx::query(
+            "SELECT id_hash, auth_time, expires_at FROM web_sessions WHERE user_id = ? AND expires_at > ? \
+             ORDER BY auth_time DESC",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| SessionInfo { id_hash: r.get(0), auth_time: r.get(1), expires_at: r.get(2) }).collect())
+    }
+
+    /// Ends one of a user's sessions (only if it is theirs).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delete_user_session(&self, user_id: &str, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM web_sessions WHERE user_id = ? AND id_hash = ?")
+            .bind(user_id)
+            .bind(id_hash)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}

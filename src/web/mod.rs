@@ -1,6 +1,7 @@
 //! The HTTPS front end (axum over rustls): one router per area, merged here.
 //! Today: the OpenID provider's discovery, JWKS and token endpoints.
 
+mod account;
 mod oidc;
 mod signin;
 
@@ -29,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .merge(oidc::routes())
         .merge(signin::routes())
+        .merge(account::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(deadline))
         .with_state(state)

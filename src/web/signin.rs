@@ -24,8 +24,8 @@ use crate::model::OidcClient;
 use crate::oidc::{UserInfo, hash_client_secret, random_token};
 use crate::store::CodeGrant;
 
-const SESSION_COOKIE: &str = "__Host-portcullis_session";
-const CSRF_COOKIE: &str = "__Host-portcullis_csrf";
+pub(super) const SESSION_COOKIE: &str = "__Host-portcullis_session";
+pub(super) const CSRF_COOKIE: &str = "__Host-portcullis_csrf";
 /// Sign-in sessions last this long.
 const SESSION_SECS: i64 = 8 * 3600;
 /// Authorization codes live this long (single use).
@@ -141,7 +141,7 @@ async fn validate(state: &AppState, raw: &str) -> Result<AuthRequest, Reject> {
     })
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -218,28 +218,55 @@ async fn signin(
         }
     };
     let now = state.identity.clock.now();
-    // A new session id at every sign-in (no fixation).
-    if let Some(old) = cookie(&headers, SESSION_COOKIE) {
+    let Some(session_cookie) = start_session(&state, &headers, &account.id, now).await else {
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+    };
+    tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
+    let mut response = continue_authorization(&state, &req, &account.id, now, false).await;
+    response.headers_mut().append(header::SET_COOKIE, session_cookie);
+    response
+}
+
+/// Starts a session for `user_id`: a new id at every sign-in (no fixation),
+/// the old one ended. Returns the `Set-Cookie` value.
+pub(super) async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    user_id: &str,
+    now: i64,
+) -> Option<HeaderValue> {
+    if let Some(old) = cookie(headers, SESSION_COOKIE) {
         let _ = state.identity.store.delete_session(&hash_client_secret(&old)).await;
     }
     let session_id = random_token();
-    if let Err(e) = state
-        .identity
-        .store
-        .insert_session(&hash_client_secret(&session_id), &account.id, now, now + SESSION_SECS)
-        .await
-    {
+    let stored =
+        state.identity.store.insert_session(&hash_client_secret(&session_id), user_id, now, now + SESSION_SECS).await;
+    if let Err(e) = stored {
         tracing::error!(error = %e, "cannot store session");
-        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        return None;
     }
-    tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
-    let mut response = continue_authorization(&state, &req, &account.id, now, false).await;
     let value =
         format!("{SESSION_COOKIE}={session_id}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECS}");
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
-    response
+    HeaderValue::from_str(&value).ok()
+}
+
+/// The live session's (user id, auth time), if the browser has one.
+pub(super) async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<(String, i64)> {
+    let id = cookie(headers, SESSION_COOKIE)?;
+    state.identity.store.session(&hash_client_secret(&id), state.identity.clock.now()).await.ok().flatten()
+}
+
+/// Whether a form's CSRF field matches the CSRF cookie (double submit).
+pub(super) fn csrf_ok(headers: &HeaderMap, field: &str) -> bool {
+    cookie(headers, CSRF_COOKIE)
+        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), field.as_bytes())))
+}
+
+/// A fresh CSRF token and the cookie that carries it.
+pub(super) fn new_csrf() -> (String, Option<HeaderValue>) {
+    let csrf = random_token();
+    let cookie = HeaderValue::from_str(&format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Lax")).ok();
+    (csrf, cookie)
 }
 
 /// The one exit of the sign-in state machine: policy checks, then a code.
@@ -556,7 +583,7 @@ async fn finish_logout(state: &AppState, session_id: Option<&str>, target: Optio
 }
 
 /// A complete HTML page with the security headers every page carries.
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -581,7 +608,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 /// Escapes text for HTML content and attribute values.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -624,3 +624,34 @@ fn query_of(url: &str) -> std::collections::HashMap<String, String> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
+
+#[test]
+fn account_page_password_change_and_sessions() {
+    let server = TestServer::start();
+    server.add_user("pcdora", "dora-old-pw");
+    server.settle();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/account_page.py");
+    let ca = server.ca_path();
+    let out = Command::new(python())
+        .args([script.to_str().expect("utf-8"), &server.issuer(), ca.to_str().expect("utf-8")])
+        .args(["pcdora", "dora-old-pw", "dora-new-pw"])
+        .output()
+        .expect("run the account-page walk");
+    let seen = json(&out);
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "wrong_password": 401, "signin": [303, "/account"], "profile_shows_user": true, "csp": true,
+            "mismatch": 400, "wrong_current": 400, "no_csrf": 403, "changed": [303, "/account?done=password"],
+            "old_password_after_change": 401, "new_password_signin": 303, "sessions_listed": 2, "revoke": 303,
+            "other_browser_signed_out": true, "signed_out": true
+        })
+    );
+    // The web change is the directory's password: LDAP binds see it too.
+    let bind = crate::common::run(
+        "ldapwhoami",
+        &["-x", "-H", &server.ldap_url(), "-D", &crate::common::user_dn("pcdora"), "-w", "dora-new-pw"],
+        &[],
+    );
+    assert!(bind.status.success(), "LDAP bind with the new password: {}", String::from_utf8_lossy(&bind.stderr));
+}
