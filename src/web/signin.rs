@@ -191,9 +191,7 @@ async fn signin(
     headers: HeaderMap,
     Form(form): Form<SigninForm>,
 ) -> Response {
-    let csrf_ok = cookie(&headers, CSRF_COOKIE)
-        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), form.csrf.as_bytes())));
-    if !csrf_ok {
+    if !csrf_ok(&headers, &form.csrf) {
         return page(
             StatusCode::FORBIDDEN,
             "Sign-in expired",
@@ -450,9 +448,7 @@ struct ConsentForm {
 }
 
 async fn consent(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ConsentForm>) -> Response {
-    let csrf_ok = cookie(&headers, CSRF_COOKIE)
-        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), form.csrf.as_bytes())));
-    if !csrf_ok {
+    if !csrf_ok(&headers, &form.csrf) {
         return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
     }
     let req = match validate(&state, &form.request).await {
@@ -529,9 +525,7 @@ struct LogoutForm {
 }
 
 async fn logout_confirmed(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
-    let csrf_ok = cookie(&headers, CSRF_COOKIE)
-        .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), form.csrf.as_bytes())));
-    if !csrf_ok {
+    if !csrf_ok(&headers, &form.csrf) {
         return page(StatusCode::FORBIDDEN, "Sign-out expired", "<p>The form expired. Go back and try again.</p>");
     }
     let p = params(&form.request);
