@@ -300,7 +300,7 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
     let meta: serde_json::Value = serde_json::from_slice(&r.body).context("discovery is not JSON")?;
     let path_of = |key: &str| -> anyhow::Result<String> {
         let url = meta[key].as_str().with_context(|| format!("discovery has no {key}"))?;
-        Ok(local_path(&cli.issuer, url).with_context(|| format!("{key} {url} is not on the issuer's origin"))?)
+        local_path(&cli.issuer, url).with_context(|| format!("{key} {url} is not on the issuer's origin"))
     };
     ctx.ep.jwks = path_of("jwks_uri")?;
     ctx.ep.authorize = path_of("authorization_endpoint")?;
