@@ -9,19 +9,20 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
 
 use crate::model::{Actor, SigningKeyRecord};
 use crate::secrets::Sealer;
 use crate::store::Store;
 
-/// The key that signs new tokens.
+/// The key that signs new tokens, parsed once (re-parsing an RSA key per
+/// signature, as `jsonwebtoken` does, cost more CPU than the signature).
 pub struct SigningKey {
     pub kid: String,
     pub alg: Algorithm,
-    pub encoding: EncodingKey,
+    pub pair: aws_lc_rs::signature::RsaKeyPair,
 }
 
 /// The signing key plus everything published in the JWKS.
@@ -89,8 +90,8 @@ pub async fn load(store: &Store, sealer: &Sealer, now: i64, publish_after_retire
     let records = store.signing_keys().await?;
     let active = records.iter().find(|r| r.retired_at.is_none()).context("no active signing key")?;
     let der = sealer.open(&active.private_key)?;
-    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", STANDARD.encode(&der));
-    let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).context("stored signing key is not a valid RSA key")?;
+    let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
+        .map_err(|_| anyhow::anyhow!("stored signing key is not a valid RSA key"))?;
     let mut keys = Vec::new();
     let mut verifying = HashMap::new();
     for r in &records {
@@ -105,7 +106,7 @@ pub async fn load(store: &Store, sealer: &Sealer, now: i64, publish_after_retire
         keys.push(jwk);
     }
     Ok(KeySet {
-        active: SigningKey { kid: active.kid.clone(), alg: Algorithm::RS256, encoding },
+        active: SigningKey { kid: active.kid.clone(), alg: Algorithm::RS256, pair },
         jwks: serde_json::json!({ "keys": keys }),
         verifying,
     })

@@ -198,12 +198,24 @@ impl Provider {
         self.sign(&claims, "at+jwt")
     }
 
+    /// Builds a compact JWS (RFC 7515) signed RS256 with the active key.
     fn sign(&self, claims: &impl Serialize, typ: &str) -> Result<String, TokenError> {
         let keys = self.keys.load();
-        let mut header = jsonwebtoken::Header::new(keys.active.alg);
-        header.kid = Some(keys.active.kid.clone());
-        header.typ = Some(typ.into());
-        jsonwebtoken::encode(&header, claims, &keys.active.encoding).map_err(|_| TokenError::ServerError)
+        let header = serde_json::json!({ "typ": typ, "alg": "RS256", "kid": keys.active.kid });
+        let payload = serde_json::to_vec(claims).map_err(|_| TokenError::ServerError)?;
+        let mut jws = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(payload));
+        let pair = &keys.active.pair;
+        let mut signature = vec![0u8; pair.public_modulus_len()];
+        pair.sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            jws.as_bytes(),
+            &mut signature,
+        )
+        .map_err(|_| TokenError::ServerError)?;
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(jws)
     }
 
     /// Signs an ID token for `user` signing in to `client`.

@@ -93,34 +93,39 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn redeem_code(&self, code_hash: &str) -> StoreResult<Option<(CodeGrant, bool)>> {
-        let mut tx = self.pool().begin().await?;
-        let row = sqlx::query(
-            "SELECT client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, used \
-             FROM auth_codes WHERE code_hash = ?",
-        )
+        // One statement claims the code: no read-then-write transaction,
+        // which SQLite would refuse under concurrent writers (SQLITE_BUSY).
+        const COLUMNS: &str = "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at";
+        let claimed = sqlx::query(&format!(
+            "UPDATE auth_codes SET used = TRUE WHERE code_hash = ? AND used = FALSE RETURNING {COLUMNS}"
+        ))
         .bind(code_hash)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(self.pool())
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let used: bool = r.get(8);
-        if !used {
-            sqlx::query("UPDATE auth_codes SET used = TRUE WHERE code_hash = ?")
-                .bind(code_hash)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let grant = CodeGrant {
-            client_name: r.get(0),
-            user_id: r.get(1),
-            redirect_uri: r.get(2),
-            scope: r.get(3),
-            nonce: r.get(4),
-            code_challenge: r.get(5),
-            auth_time: r.get(6),
-            expires_at: r.get(7),
+        let (row, first_use) = match claimed {
+            Some(r) => (r, true),
+            None => {
+                let spent = sqlx::query(&format!("SELECT {COLUMNS} FROM auth_codes WHERE code_hash = ?"))
+                    .bind(code_hash)
+                    .fetch_optional(self.pool())
+                    .await?;
+                match spent {
+                    Some(r) => (r, false),
+                    None => return Ok(None),
+                }
+            }
         };
-        Ok(Some((grant, !used)))
+        let grant = CodeGrant {
+            client_name: row.get(0),
+            user_id: row.get(1),
+            redirect_uri: row.get(2),
+            scope: row.get(3),
+            nonce: row.get(4),
+            code_challenge: row.get(5),
+            auth_time: row.get(6),
+            expires_at: row.get(7),
+        };
+        Ok(Some((grant, first_use)))
     }
 }
 
@@ -197,17 +202,9 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn redeem_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
-        let mut tx = self.pool().begin().await?;
-        let row = sqlx::query(
-            "SELECT family_id, client_name, user_id, scope, auth_time, expires_at, used, \
-             EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = refresh_tokens.family_id) \
-             FROM refresh_tokens WHERE token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(r) = row else { return Ok(RefreshOutcome::Unknown) };
-        let grant = RefreshGrant {
+        // Claim with one statement (see `redeem_code`); only a miss reads again.
+        const COLUMNS: &str = "family_id, client_name, user_id, scope, auth_time, expires_at";
+        let grant_of = |r: &sqlx::sqlite::SqliteRow| RefreshGrant {
             family_id: r.get(0),
             client_name: r.get(1),
             user_id: r.get(2),
@@ -215,22 +212,25 @@ impl Store {
             auth_time: r.get(4),
             expires_at: r.get(5),
         };
-        let (used, revoked): (bool, bool) = (r.get(6), r.get(7));
-        if used || revoked {
-            sqlx::query("INSERT INTO revoked_families (family_id, revoked_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(&grant.family_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Reused(grant));
+        let claimed = sqlx::query(&format!(
+            "UPDATE refresh_tokens SET used = TRUE WHERE token_hash = ? AND used = FALSE \
+             AND NOT EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = refresh_tokens.family_id) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(token_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(r) = claimed {
+            return Ok(RefreshOutcome::Fresh(grant_of(&r)));
         }
-        sqlx::query("UPDATE refresh_tokens SET used = TRUE WHERE token_hash = ?")
+        let known = sqlx::query(&format!("SELECT {COLUMNS} FROM refresh_tokens WHERE token_hash = ?"))
             .bind(token_hash)
-            .execute(&mut *tx)
+            .fetch_optional(self.pool())
             .await?;
-        tx.commit().await?;
-        Ok(RefreshOutcome::Fresh(grant))
+        let Some(r) = known else { return Ok(RefreshOutcome::Unknown) };
+        let grant = grant_of(&r);
+        self.revoke_family(&grant.family_id, now).await?;
+        Ok(RefreshOutcome::Reused(grant))
     }
 
     /// A live (unspent, unexpired, unrevoked) refresh token, for introspection.

@@ -173,7 +173,6 @@ async fn authorization_code(
     let code = form.code.as_deref().ok_or(OAuthError(TokenError::InvalidRequest, "code is required"))?;
     let code_hash = crate::oidc::hash_client_secret(code);
     let store = &state.identity.store;
-    let internal = |_| OAuthError(TokenError::ServerError, "internal error");
     let redeemed = store.redeem_code(&code_hash).await.map_err(internal)?;
     let invalid = |why| OAuthError(TokenError::InvalidGrant, why);
     let Some((grant, first_use)) = redeemed else { return Err(invalid("unknown code")) };
@@ -256,7 +255,7 @@ async fn issue_tokens(
         };
         let hash = crate::oidc::hash_client_secret(&refresh);
         let stored = state.identity.store.insert_refresh(&hash, &grant).await;
-        stored.map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+        stored.map_err(internal)?;
         body["refresh_token"] = refresh.into();
     }
     Ok(body)
@@ -273,12 +272,8 @@ async fn refresh_token(
     let token =
         form.refresh_token.as_deref().ok_or(OAuthError(TokenError::InvalidRequest, "refresh_token is required"))?;
     let invalid = |why| OAuthError(TokenError::InvalidGrant, why);
-    let outcome = state
-        .identity
-        .store
-        .redeem_refresh(&crate::oidc::hash_client_secret(token), now)
-        .await
-        .map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+    let outcome =
+        state.identity.store.redeem_refresh(&crate::oidc::hash_client_secret(token), now).await.map_err(internal)?;
     let grant = match outcome {
         RefreshOutcome::Unknown => return Err(invalid("unknown refresh token")),
         RefreshOutcome::Reused(g) => {
@@ -350,7 +345,7 @@ async fn revoke(
             .map(|g| g.family_id),
     };
     if let Some(family) = family {
-        store.revoke_family(&family, now).await.map_err(|_| OAuthError(TokenError::ServerError, "internal error"))?;
+        store.revoke_family(&family, now).await.map_err(internal)?;
         tracing::info!(client = %client.name, "token family revoked");
     }
     Ok(StatusCode::OK.into_response())
@@ -427,4 +422,10 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response
     let mut r = Json(user.claims(&access.scope, &client)).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// A store failure behind a token request: logged here, generic to the client.
+fn internal(e: crate::store::StoreError) -> OAuthError {
+    tracing::error!(error = %e, "token endpoint store failure");
+    OAuthError(TokenError::ServerError, "internal error")
 }
