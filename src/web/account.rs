@@ -9,9 +9,11 @@ use axum::routing::{get, post};
 use std::net::SocketAddr;
 
 use super::AppState;
-use super::signin::{SESSION_COOKIE, cookie, csrf_ok, current_session, esc, new_csrf, page, start_session};
+use super::signin::{
+    SESSION_COOKIE, cookie, csrf_ok, current_session, esc, expired_form, new_csrf, page, password_sign_in,
+    start_session,
+};
 use crate::clock::generalized_time;
-use crate::directory::{AccountKind, dn};
 use crate::model::Actor;
 use crate::oidc::{UserInfo, hash_client_secret};
 
@@ -115,18 +117,10 @@ async fn signin(
     Form(form): Form<SigninForm>,
 ) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
+        return expired_form();
     }
-    let base = &state.identity.config.ldap.base_dn;
-    let user_dn = format!("uid={},ou=people,{base}", dn::escape_value(form.username.trim()));
-    let account = match state.identity.bind(&user_dn, &form.password, Some(peer.ip())).await {
-        Ok(a) if a.kind == AccountKind::User => a,
-        _ => {
-            return signin_form(
-                Some("Wrong user name or password, or the account is locked."),
-                StatusCode::UNAUTHORIZED,
-            );
-        }
+    let Some(account) = password_sign_in(&state, &form.username, &form.password, peer).await else {
+        return signin_form(Some("Wrong user name or password, or the account is locked."), StatusCode::UNAUTHORIZED);
     };
     let now = state.identity.clock.now();
     let Some(session) = start_session(&state, &headers, &account.id, now).await else {
@@ -153,7 +147,7 @@ async fn password(
     Form(form): Form<PasswordForm>,
 ) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
+        return expired_form();
     }
     let Some((user_id, _)) = current_session(&state, &headers).await else {
         return signin_form(None, StatusCode::UNAUTHORIZED);
@@ -195,7 +189,7 @@ struct RevokeForm {
 
 async fn revoke_session(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<RevokeForm>) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
+        return expired_form();
     }
     let Some((user_id, _)) = current_session(&state, &headers).await else {
         return signin_form(None, StatusCode::UNAUTHORIZED);
@@ -214,7 +208,7 @@ struct SignoutForm {
 
 async fn signout(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<SignoutForm>) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
+        return expired_form();
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         let _ = state.identity.store.delete_session(&hash_client_secret(&id)).await;

@@ -192,28 +192,18 @@ async fn signin(
     Form(form): Form<SigninForm>,
 ) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(
-            StatusCode::FORBIDDEN,
-            "Sign-in expired",
-            "<p>The form expired or was not sent by this site. Go back and try again.</p>",
-        );
+        return expired_form();
     }
     let req = match validate(&state, &form.request).await {
         Ok(r) => r,
         Err(r) => return reject(r),
     };
-    let base = &state.identity.config.ldap.base_dn;
-    let user_dn = format!("uid={},ou=people,{base}", dn::escape_value(form.username.trim()));
-    let account = match state.identity.bind(&user_dn, &form.password, Some(peer.ip())).await {
-        Ok(a) if a.kind == AccountKind::User => a,
-        outcome => {
-            tracing::info!(user = %form.username.trim(), peer = %peer, reason = ?outcome.err(), "web sign-in failed");
-            return signin_page(
-                &req,
-                Some("Wrong user name or password, or the account is locked."),
-                StatusCode::UNAUTHORIZED,
-            );
-        }
+    let Some(account) = password_sign_in(&state, &form.username, &form.password, peer).await else {
+        return signin_page(
+            &req,
+            Some("Wrong user name or password, or the account is locked."),
+            StatusCode::UNAUTHORIZED,
+        );
     };
     let now = state.identity.clock.now();
     let Some(session_cookie) = start_session(&state, &headers, &account.id, now).await else {
@@ -223,6 +213,34 @@ async fn signin(
     let mut response = continue_authorization(&state, &req, &account.id, now, false).await;
     response.headers_mut().append(header::SET_COOKIE, session_cookie);
     response
+}
+
+/// Checks a user name and password exactly as an LDAP bind would (same
+/// lockout); only people, not service accounts, may sign in to the web.
+pub(super) async fn password_sign_in(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    peer: SocketAddr,
+) -> Option<crate::directory::Account> {
+    let base = &state.identity.config.ldap.base_dn;
+    let user_dn = format!("uid={},ou=people,{base}", dn::escape_value(username.trim()));
+    match state.identity.bind(&user_dn, password, Some(peer.ip())).await {
+        Ok(a) if a.kind == AccountKind::User => Some(a),
+        outcome => {
+            tracing::info!(user = %username.trim(), peer = %peer, reason = ?outcome.err(), "web sign-in failed");
+            None
+        }
+    }
+}
+
+/// The answer to a form whose CSRF token does not match.
+pub(super) fn expired_form() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Form expired",
+        "<p>The form expired or was not sent by this site. Go back and try again.</p>",
+    )
 }
 
 /// Starts a session for `user_id`: a new id at every sign-in (no fixation),
@@ -449,7 +467,7 @@ struct ConsentForm {
 
 async fn consent(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ConsentForm>) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(StatusCode::FORBIDDEN, "Form expired", "<p>The form expired. Go back and try again.</p>");
+        return expired_form();
     }
     let req = match validate(&state, &form.request).await {
         Ok(r) => r,
@@ -526,7 +544,7 @@ struct LogoutForm {
 
 async fn logout_confirmed(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
     if !csrf_ok(&headers, &form.csrf) {
-        return page(StatusCode::FORBIDDEN, "Sign-out expired", "<p>The form expired. Go back and try again.</p>");
+        return expired_form();
     }
     let p = params(&form.request);
     let hint = p.get("id_token_hint").and_then(|t| state.provider.id_token_hint(t));
