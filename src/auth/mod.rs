@@ -16,8 +16,10 @@ use tokio::sync::{Semaphore, oneshot};
 pub use lockout::{Lockout, LockoutPolicy};
 pub use password::Verdict;
 
-/// A hashing worker frees its 19 MiB of argon2 memory after this long without work.
-const IDLE_RELEASE: Duration = Duration::from_secs(2);
+/// A hashing worker frees its 19 MiB of argon2 memory after this long
+/// without work. Workers take turns waiting on the queue, so all of them
+/// have freed theirs after at most (workers × this).
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 enum Job {
     Verify { stored: String, password: String, reply: oneshot::Sender<Verdict> },
