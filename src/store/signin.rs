@@ -86,9 +86,9 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a code used and returns it: `Ok(None)` if it does not exist;
-    /// `Err`-free `Some((grant, first_use))` otherwise, where `first_use` is
-    /// false when the code had already been redeemed.
+    /// Marks a code used and returns it: `None` if it does not exist, else
+    /// `Some((grant, first_use))`, where `first_use` is false when the code
+    /// had already been redeemed.
     ///
     /// # Errors
     /// Database errors.
@@ -138,6 +138,20 @@ pub struct RefreshGrant {
     pub scope: String,
     pub auth_time: i64,
     pub expires_at: i64,
+}
+
+/// The columns [`refresh_from_row`] reads, in order.
+const REFRESH_COLUMNS: &str = "family_id, client_name, user_id, scope, auth_time, expires_at";
+
+fn refresh_from_row(r: &sqlx::sqlite::SqliteRow) -> RefreshGrant {
+    RefreshGrant {
+        family_id: r.get(0),
+        client_name: r.get(1),
+        user_id: r.get(2),
+        scope: r.get(3),
+        auth_time: r.get(4),
+        expires_at: r.get(5),
+    }
 }
 
 /// What redeeming a refresh token found.
@@ -203,32 +217,23 @@ impl Store {
     /// Database errors.
     pub async fn redeem_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
         // Claim with one statement (see `redeem_code`); only a miss reads again.
-        const COLUMNS: &str = "family_id, client_name, user_id, scope, auth_time, expires_at";
-        let grant_of = |r: &sqlx::sqlite::SqliteRow| RefreshGrant {
-            family_id: r.get(0),
-            client_name: r.get(1),
-            user_id: r.get(2),
-            scope: r.get(3),
-            auth_time: r.get(4),
-            expires_at: r.get(5),
-        };
         let claimed = sqlx::query(&format!(
             "UPDATE refresh_tokens SET used = TRUE WHERE token_hash = ? AND used = FALSE \
              AND NOT EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = refresh_tokens.family_id) \
-             RETURNING {COLUMNS}"
+             RETURNING {REFRESH_COLUMNS}"
         ))
         .bind(token_hash)
         .fetch_optional(self.pool())
         .await?;
         if let Some(r) = claimed {
-            return Ok(RefreshOutcome::Fresh(grant_of(&r)));
+            return Ok(RefreshOutcome::Fresh(refresh_from_row(&r)));
         }
-        let known = sqlx::query(&format!("SELECT {COLUMNS} FROM refresh_tokens WHERE token_hash = ?"))
+        let known = sqlx::query(&format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"))
             .bind(token_hash)
             .fetch_optional(self.pool())
             .await?;
         let Some(r) = known else { return Ok(RefreshOutcome::Unknown) };
-        let grant = grant_of(&r);
+        let grant = refresh_from_row(&r);
         self.revoke_family(&grant.family_id, now).await?;
         Ok(RefreshOutcome::Reused(grant))
     }
@@ -238,23 +243,16 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn live_refresh(&self, token_hash: &str, now: i64) -> StoreResult<Option<RefreshGrant>> {
-        let row = sqlx::query(
-            "SELECT family_id, client_name, user_id, scope, auth_time, expires_at FROM refresh_tokens t \
+        let row = sqlx::query(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens t \
              WHERE token_hash = ? AND NOT used AND expires_at > ? \
-             AND NOT EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = t.family_id)",
-        )
+             AND NOT EXISTS (SELECT 1 FROM revoked_families f WHERE f.family_id = t.family_id)"
+        ))
         .bind(token_hash)
         .bind(now)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|r| RefreshGrant {
-            family_id: r.get(0),
-            client_name: r.get(1),
-            user_id: r.get(2),
-            scope: r.get(3),
-            auth_time: r.get(4),
-            expires_at: r.get(5),
-        }))
+        Ok(row.as_ref().map(refresh_from_row))
     }
 
     /// Revokes every token of a family.

@@ -47,6 +47,18 @@ fn signin_form(error: Option<&str>, status: StatusCode) -> Response {
     with_csrf(page(status, "My account", &body), c)
 }
 
+/// The user behind a posted account form: the CSRF token must match and a
+/// session must be live; otherwise the response to send instead.
+async fn signed_in_form(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<String, Response> {
+    if !csrf_ok(headers, csrf) {
+        return Err(expired_form());
+    }
+    match current_session(state, headers).await {
+        Some((user_id, _)) => Ok(user_id),
+        None => Err(signin_form(None, StatusCode::UNAUTHORIZED)),
+    }
+}
+
 /// Query flags shown as notices.
 #[derive(Debug, serde::Deserialize)]
 struct Notice {
@@ -146,11 +158,9 @@ async fn password(
     headers: HeaderMap,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    if !csrf_ok(&headers, &form.csrf) {
-        return expired_form();
-    }
-    let Some((user_id, _)) = current_session(&state, &headers).await else {
-        return signin_form(None, StatusCode::UNAUTHORIZED);
+    let user_id = match signed_in_form(&state, &headers, &form.csrf).await {
+        Ok(id) => id,
+        Err(r) => return r,
     };
     let snap = state.identity.directory.load();
     let Some(account) = snap.user_by_id(&user_id).and_then(|e| snap.account(&e.ndn)).cloned() else {
@@ -188,11 +198,9 @@ struct RevokeForm {
 }
 
 async fn revoke_session(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<RevokeForm>) -> Response {
-    if !csrf_ok(&headers, &form.csrf) {
-        return expired_form();
-    }
-    let Some((user_id, _)) = current_session(&state, &headers).await else {
-        return signin_form(None, StatusCode::UNAUTHORIZED);
+    let user_id = match signed_in_form(&state, &headers, &form.csrf).await {
+        Ok(id) => id,
+        Err(r) => return r,
     };
     if let Err(e) = state.identity.store.delete_user_session(&user_id, &form.id).await {
         tracing::error!(error = %e, "cannot end session");
