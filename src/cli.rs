@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use rand::RngCore;
 
 use crate::config::Config;
-use crate::model::{Actor, Kind};
+use crate::model::{Actor, Kind, SigningAlg};
 use crate::store::{NewGroup, NewUser, Store};
 
 /// Portcullis: an identity server. It serves LDAP (with StartTLS and LDAPS)
@@ -199,6 +199,15 @@ pub enum OidcClientCmd {
         /// A third-party application: each user must approve it once (consent page).
         #[arg(long)]
         third_party: bool,
+        /// How this client's ID tokens are signed (its id_token_signed_response_alg):
+        /// RS256 (RSA, every relying party supports it), ES256 (ECDSA P-256) or
+        /// EdDSA (Ed25519). Pick what the client's OpenID library verifies.
+        #[arg(long, value_name = "ALG", default_value_t = SigningAlg::Rs256, ignore_case = true)]
+        id_token_alg: SigningAlg,
+        /// Where to POST a logout token when a user's Portcullis session
+        /// ends (OpenID Connect Back-Channel Logout): an absolute http(s) URL.
+        #[arg(long = "backchannel-logout-uri", value_name = "URI")]
+        backchannel_logout_uri: Option<String>,
     },
     /// List clients.
     List,
@@ -213,10 +222,26 @@ pub enum OidcClientCmd {
 /// `oidc key …`
 #[derive(Debug, Subcommand)]
 pub enum OidcKeyCmd {
-    /// Make a new signing key; the previous one stays published until its tokens expire.
-    Rotate,
+    /// Make new signing keys (one per algorithm: RS256, ES256, EdDSA); the
+    /// previous keys stay published until the tokens they signed expire.
+    Rotate {
+        /// Rotate only this algorithm's key; default: all three.
+        #[arg(long, value_name = "ALG", ignore_case = true)]
+        alg: Option<SigningAlg>,
+    },
     /// List signing keys.
     List,
+}
+
+/// The JOSE names on the command line (`--id-token-alg`, `--alg`).
+impl clap::ValueEnum for SigningAlg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &SigningAlg::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
 }
 
 /// `import …`
@@ -476,7 +501,16 @@ async fn service(store: &Store, cmd: ServiceCmd, actor: &Actor) -> anyhow::Resul
 
 async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow::Result<()> {
     match cmd {
-        OidcClientCmd::Add { name, redirect_uris, post_logout_redirect_uris, public, allowed_groups, third_party } => {
+        OidcClientCmd::Add {
+            name,
+            redirect_uris,
+            post_logout_redirect_uris,
+            public,
+            allowed_groups,
+            third_party,
+            id_token_alg,
+            backchannel_logout_uri,
+        } => {
             let secret = (!public).then(client_secret);
             let data = store.load_directory().await?;
             for g in &allowed_groups {
@@ -493,6 +527,8 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
                 post_logout_redirect_uris,
                 allowed_groups,
                 consent_required: third_party,
+                id_token_signed_response_alg: id_token_alg,
+                backchannel_logout_uri,
                 created_at: tx.now(),
                 updated_at: tx.now(),
             };
@@ -518,10 +554,12 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
             println!("type:           {}", if c.secret_hash.is_some() { "confidential" } else { "public" });
             println!("redirect URIs:  {}", c.redirect_uris.join(" "));
             println!("logout URIs:    {}", c.post_logout_redirect_uris.join(" "));
+            println!("back-channel:   {}", c.backchannel_logout_uri.as_deref().unwrap_or("(none)"));
             println!(
                 "allowed groups: {}",
                 if c.allowed_groups.is_empty() { "(everyone)".to_string() } else { c.allowed_groups.join(", ") }
             );
+            println!("ID token alg:   {}", c.id_token_signed_response_alg);
         }
         OidcClientCmd::Del { name } => {
             let mut tx = store.begin().await?;
@@ -542,10 +580,13 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
 
 async fn oidc_key(config: &Config, store: &Store, cmd: OidcKeyCmd, actor: &Actor) -> anyhow::Result<()> {
     match cmd {
-        OidcKeyCmd::Rotate => {
+        OidcKeyCmd::Rotate { alg } => {
             let sealer = crate::secrets::Sealer::load_or_create(&config.data_dir)?;
-            let kid = crate::oidc::keys::rotate(store, &sealer, actor).await?;
-            println!("new signing key {kid}; the previous key stays published until its tokens expire");
+            let algs = alg.map_or_else(|| SigningAlg::ALL.to_vec(), |a| vec![a]);
+            for (alg, kid) in crate::oidc::keys::rotate(store, &sealer, actor, &algs).await? {
+                println!("new {alg} signing key {kid}");
+            }
+            println!("the previous keys stay published until the tokens they signed expire");
         }
         OidcKeyCmd::List => {
             for k in store.signing_keys().await? {

@@ -33,8 +33,17 @@ pub struct HttpConfig {
     pub issuer: Option<String>,
     /// Lifetime of access tokens.
     pub access_token_ttl_secs: u64,
+    /// Lifetime of authorization codes (at most 60 s).
+    pub code_ttl_secs: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Requests handled at once; more get 503 with Retry-After at once
+    /// instead of queueing without bound.
+    pub max_concurrent_requests: usize,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`
+    /// header is believed; from anyone else the header is ignored and the
+    /// TCP peer is the client (for lockout, backoff and logs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -43,7 +52,10 @@ impl Default for HttpConfig {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
             issuer: None,
             access_token_ttl_secs: 600,
+            code_ttl_secs: 60,
             max_body_bytes: 64 * 1024,
+            max_concurrent_requests: 512,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -226,6 +238,12 @@ impl Config {
             if !issuer.starts_with("https://") || issuer.contains(['?', '#']) {
                 anyhow::bail!("http.issuer must be an https:// URL without query or fragment");
             }
+        }
+        if !(1..=60).contains(&self.http.code_ttl_secs) {
+            anyhow::bail!("http.code_ttl_secs must be between 1 and 60");
+        }
+        if self.http.max_concurrent_requests == 0 {
+            anyhow::bail!("http.max_concurrent_requests must be at least 1");
         }
         crate::directory::dn::Dn::parse(&self.ldap.base_dn)
             .map_err(|e| anyhow::anyhow!("ldap.base_dn is not a valid DN: {e}"))?;

@@ -13,6 +13,7 @@ pub mod import;
 pub mod ldap;
 pub mod model;
 pub mod oidc;
+pub mod outbound;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -173,6 +173,12 @@ pub struct OidcClient {
     pub allowed_groups: Vec<String>,
     /// Third-party clients ask each user's consent; first-party ones skip it.
     pub consent_required: bool,
+    /// How this client's ID tokens are signed (its registered
+    /// `id_token_signed_response_alg`); RS256 unless the client asked otherwise.
+    pub id_token_signed_response_alg: SigningAlg,
+    /// Where the provider POSTs a logout token when a session that signed in
+    /// to this client ends (OIDC Back-Channel Logout); `None` = not told.
+    pub backchannel_logout_uri: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -188,4 +194,50 @@ pub struct SigningKeyRecord {
     pub public_jwk: String,
     pub created_at: i64,
     pub retired_at: Option<i64>,
+}
+
+/// A JWS algorithm the provider signs ID tokens with (RFC 7518 names). Each
+/// has its own active key; clients pick one at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SigningAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RSA-2048): the default, since every
+    /// relying party supports it.
+    #[default]
+    Rs256,
+    /// ECDSA on P-256 with SHA-256: short signatures, widely supported.
+    Es256,
+    /// EdDSA with Ed25519 (RFC 8037): the fastest, least universally supported.
+    EdDsa,
+}
+
+impl SigningAlg {
+    /// Every algorithm, in the order discovery lists them.
+    pub const ALL: [SigningAlg; 3] = [SigningAlg::Rs256, SigningAlg::Es256, SigningAlg::EdDsa];
+
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::Rs256 => "RS256",
+            SigningAlg::Es256 => "ES256",
+            SigningAlg::EdDsa => "EdDSA",
+        }
+    }
+}
+
+impl fmt::Display for SigningAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SigningAlg {
+    type Err = String;
+
+    /// Parses a JOSE `alg` name, exactly as spelled in RFC 7518/8037.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SigningAlg::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unsupported signing algorithm {s:?}: use RS256, ES256 or EdDSA"))
+    }
 }

@@ -15,6 +15,8 @@ use base64::engine::general_purpose::STANDARD;
 /// Seals and opens values with the data directory's secret key.
 pub struct Sealer {
     key: LessSafeKey,
+    /// HKDF-SHA256 pseudo-random key for purpose-bound subkeys.
+    prk: aws_lc_rs::hkdf::Prk,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -45,7 +47,21 @@ impl Sealer {
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
-        Ok(Self { key: LessSafeKey::new(key) })
+        let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, b"portcullis secret.key").extract(&bytes);
+        Ok(Self { key: LessSafeKey::new(key), prk })
+    }
+
+    /// A 256-bit key for one purpose (`label`), derived with HKDF-SHA256 from
+    /// `secret.key`, so one file backs several independent keys.
+    ///
+    /// # Errors
+    /// Never in practice (HKDF output length is fixed and valid).
+    pub fn derive_key(&self, label: &str) -> anyhow::Result<[u8; 32]> {
+        let info = [label.as_bytes()];
+        let okm = self.prk.expand(&info, aws_lc_rs::hkdf::HKDF_SHA256).map_err(|_| anyhow::anyhow!("HKDF failed"))?;
+        let mut out = [0u8; 32];
+        okm.fill(&mut out).map_err(|_| anyhow::anyhow!("HKDF failed"))?;
+        Ok(out)
     }
 
     /// Encrypts `plain`; the result is base64 of nonce ‖ ciphertext ‖ tag.
@@ -100,5 +116,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(a.path().join("secret.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let derived = sa.derive_key("access tokens").unwrap();
+        assert_eq!(derived, Sealer::load_or_create(a.path()).unwrap().derive_key("access tokens").unwrap());
+        assert_ne!(derived, sa.derive_key("other").unwrap());
+        assert_ne!(derived, Sealer::load_or_create(b.path()).unwrap().derive_key("access tokens").unwrap());
     }
 }

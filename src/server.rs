@@ -61,7 +61,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let web = match (config.http.listen, &provider) {
         (Some(addr), Some(p)) => {
             let listener = crate::web::bind(addr)?;
-            let state = crate::web::AppState { identity: Arc::clone(&identity), provider: Arc::clone(&p.0) };
+            let state = crate::web::AppState {
+                identity: Arc::clone(&identity),
+                provider: Arc::clone(&p.0),
+                outbound: crate::outbound::HttpClient::new()?,
+            };
             Some(tokio::spawn(crate::web::serve(listener, Arc::clone(&tls), state, stop_rx.clone())))
         }
         _ => None,
@@ -92,16 +96,20 @@ async fn open_provider(config: &Config, identity: &Identity) -> anyhow::Result<P
     crate::oidc::keys::ensure(&identity.store, &sealer).await?;
     let ttl = i64::try_from(config.http.access_token_ttl_secs).unwrap_or(i64::MAX);
     let keys = crate::oidc::keys::load(&identity.store, &sealer, identity.clock.now(), ttl).await?;
+    let access = crate::oidc::access::AccessTokenCodec::new(&sealer.derive_key("oidc access tokens")?)?;
+    let clients = crate::oidc::client_map(identity.store.oidc_clients().await?);
     let provider = crate::oidc::Provider {
         issuer: config.http.issuer(),
         access_token_ttl: ttl,
         keys: arc_swap::ArcSwap::from_pointee(keys),
+        access,
+        clients: arc_swap::ArcSwap::from_pointee(clients),
     };
     Ok((Arc::new(provider), sealer))
 }
 
 /// Polls the store's generation and rebuilds the snapshot (and reloads the
-/// signing keys) when it moved.
+/// signing keys and OIDC clients) when it moved.
 async fn refresh(identity: Arc<Identity>, provider: Option<ProviderParts>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(REFRESH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,6 +126,10 @@ async fn refresh(identity: Arc<Identity>, provider: Option<ProviderParts>, mut s
                     match crate::oidc::keys::load(&identity.store, sealer, now, p.access_token_ttl).await {
                         Ok(keys) => p.keys.store(Arc::new(keys)),
                         Err(e) => tracing::warn!(error = %e, "signing keys reload failed; keeping the previous set"),
+                    }
+                    match identity.store.oidc_clients().await {
+                        Ok(clients) => p.clients.store(Arc::new(crate::oidc::client_map(clients))),
+                        Err(e) => tracing::warn!(error = %e, "client reload failed; keeping the previous list"),
                     }
                 }
             }

@@ -1,8 +1,8 @@
 // Reference OpenID provider for scripts/bench-oidc: node oidc-provider,
 // configured like Portcullis's provider (one confidential client with
 // client_secret_basic, code flow with PKCE S256, refresh tokens rotated on
-// every use, client_credentials, RS256 (RSA 2048) JWT ID and access tokens,
-// the default in-memory adapter) plus the minimal interaction (login) endpoint
+// every use, client_credentials, RS256 (RSA 2048) JWT ID tokens, opaque
+// access tokens, the default in-memory adapter) plus the minimal interaction (login) endpoint
 // oidc-provider needs: a form, and a POST that verifies an argon2id hash
 // (m=19456,t=2,p=1, like Portcullis) before finishing login and consent.
 //
@@ -58,7 +58,7 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
-    // JWT access tokens (signed RS256), as Portcullis issues.
+    // Opaque access tokens, as Portcullis issues.
     resourceIndicators: {
       enabled: true,
       defaultResource: () => RESOURCE,
@@ -66,8 +66,7 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: () => ({
         scope: 'api',
         audience: RESOURCE,
-        accessTokenFormat: 'jwt',
-        jwt: { sign: { alg: 'RS256' } },
+        accessTokenFormat: 'opaque',
       }),
     },
   },

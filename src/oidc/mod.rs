@@ -1,11 +1,12 @@
 //! The OpenID provider's core: signing keys, client authentication, token
 //! issuance. HTTP handlers live in `web/`; this module names no axum type.
 //!
-//! Implemented so far: discovery, JWKS, the authorization-code flow with
-//! PKCE (ID tokens and JWT access tokens, RS256), userinfo, and the
-//! `client_credentials` grant. Refresh tokens, consent, logout,
-//! introspection and revocation are not built yet.
+//! ID tokens are JWTs signed with the keys in [`keys`]; access tokens are
+//! opaque (see [`access`] for why); refresh tokens and codes are random
+//! values stored hashed.
 
+pub mod access;
+pub mod backchannel;
 pub mod keys;
 
 use std::sync::Arc;
@@ -20,13 +21,19 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 
 use crate::directory::Snapshot;
-use crate::model::OidcClient;
+use crate::model::{OidcClient, SigningAlg};
 
 /// Scopes the provider knows; others are dropped from grants.
 pub const SCOPES: &[&str] = &["openid", "profile", "email", "groups", "offline_access"];
 
 /// Refresh tokens expire after this long (each use issues a new one).
 pub const REFRESH_TOKEN_SECS: i64 = 30 * 24 * 3600;
+
+/// Logout tokens are delivered at once; a short life limits replay.
+pub const LOGOUT_TOKEN_SECS: i64 = 120;
+
+/// The `events` member that makes a JWT a back-channel logout token.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// A fresh 256-bit bearer value (codes, session ids, CSRF tokens).
 pub fn random_token() -> String {
@@ -99,37 +106,6 @@ impl UserInfo {
     }
 }
 
-/// Claims read back from one of our access tokens.
-#[derive(Debug, serde::Deserialize)]
-pub struct VerifiedAccess {
-    pub sub: String,
-    pub client_id: String,
-    #[serde(default)]
-    pub scope: String,
-    #[serde(default)]
-    pub fam: Option<String>,
-    pub exp: i64,
-    pub iat: i64,
-}
-
-/// Claims of an access token (RFC 9068).
-#[derive(Debug, Serialize)]
-pub struct AccessClaims<'a> {
-    pub iss: &'a str,
-    pub sub: &'a str,
-    pub aud: &'a str,
-    pub client_id: &'a str,
-    pub iat: i64,
-    pub exp: i64,
-    pub jti: String,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pub scope: &'a str,
-    /// Token family (tokens descended from one authorization code), so a
-    /// revocation reaches access tokens too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fam: Option<&'a str>,
-}
-
 /// Errors of the token endpoint, as OAuth error codes (RFC 6749 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
@@ -176,52 +152,51 @@ pub struct Provider {
     pub issuer: String,
     pub access_token_ttl: i64,
     pub keys: ArcSwap<keys::KeySet>,
+    /// Seals and opens access tokens.
+    pub access: access::AccessTokenCodec,
+    /// Registered clients by name, reloaded with the directory snapshot.
+    pub clients: ArcSwap<ClientMap>,
+}
+
+/// Registered clients by `client_id`.
+pub type ClientMap = std::collections::HashMap<String, Arc<OidcClient>>;
+
+/// Indexes clients by name.
+pub fn client_map(clients: Vec<OidcClient>) -> ClientMap {
+    clients.into_iter().map(|c| (c.name.clone(), Arc::new(c))).collect()
 }
 
 impl Provider {
-    /// Signs an access token for a client acting on its own behalf.
+    /// An access token for a client acting on its own behalf (its own family,
+    /// so it can be revoked).
     ///
     /// # Errors
-    /// Signing failed.
+    /// Sealing failed.
     pub fn client_credentials_token(&self, client: &OidcClient, scope: &str, now: i64) -> Result<String, TokenError> {
-        let claims = AccessClaims {
-            iss: &self.issuer,
-            sub: &client.name,
-            aud: &client.name,
-            client_id: &client.name,
-            iat: now,
-            exp: now + self.access_token_ttl,
-            jti: uuid::Uuid::new_v4().to_string(),
-            scope,
-            fam: None,
-        };
-        self.sign(&claims, "at+jwt")
+        let family = uuid::Uuid::new_v4().to_string();
+        self.user_access_token(client, &client.name, scope, &family, now)
     }
 
-    /// Builds a compact JWS (RFC 7515) signed RS256 with the active key.
-    fn sign(&self, claims: &impl Serialize, typ: &str) -> Result<String, TokenError> {
+    /// Builds a compact JWS (RFC 7515) signed with the active key of `alg`,
+    /// whose `kid` goes in the header.
+    fn sign(&self, claims: &impl Serialize, typ: &str, alg: SigningAlg) -> Result<String, TokenError> {
         let keys = self.keys.load();
-        let header = serde_json::json!({ "typ": typ, "alg": "RS256", "kid": keys.active.kid });
+        let key = keys.signer(alg);
+        let header = serde_json::json!({ "typ": typ, "alg": key.alg.as_str(), "kid": key.kid });
         let payload = serde_json::to_vec(claims).map_err(|_| TokenError::ServerError)?;
         let mut jws = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(payload));
-        let pair = &keys.active.pair;
-        let mut signature = vec![0u8; pair.public_modulus_len()];
-        pair.sign(
-            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-            &aws_lc_rs::rand::SystemRandom::new(),
-            jws.as_bytes(),
-            &mut signature,
-        )
-        .map_err(|_| TokenError::ServerError)?;
+        let signature = key.sign(jws.as_bytes()).map_err(|_| TokenError::ServerError)?;
         jws.push('.');
         jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
         Ok(jws)
     }
 
-    /// Signs an ID token for `user` signing in to `client`.
+    /// Signs an ID token for `user` signing in to `client`, with the
+    /// client's registered algorithm.
     ///
     /// # Errors
     /// Signing failed.
+    #[allow(clippy::too_many_arguments, reason = "each is one claim's source; a struct would only rename them")]
     pub fn id_token(
         &self,
         client: &OidcClient,
@@ -229,6 +204,7 @@ impl Provider {
         scope: &str,
         nonce: Option<&str>,
         auth_time: i64,
+        sid: Option<&str>,
         now: i64,
     ) -> Result<String, TokenError> {
         let mut claims = user.claims(scope, client);
@@ -241,37 +217,63 @@ impl Provider {
         if let Some(n) = nonce {
             claims.insert("nonce".into(), n.into());
         }
-        self.sign(&claims, "JWT")
+        if let Some(sid) = sid {
+            // The sign-in session, so back-channel logout tokens can name it.
+            claims.insert("sid".into(), sid.into());
+        }
+        self.sign(&claims, "JWT", client.id_token_signed_response_alg)
     }
 
-    /// Signs an access token for a user, usable at userinfo.
+    /// An opaque access token for `subject` (a user id, or the client's own
+    /// name), usable at userinfo and introspection.
     ///
     /// # Errors
-    /// Signing failed.
+    /// Sealing failed.
     pub fn user_access_token(
         &self,
         client: &OidcClient,
-        user_id: &str,
+        subject: &str,
         scope: &str,
         family: &str,
         now: i64,
     ) -> Result<String, TokenError> {
-        let claims = AccessClaims {
-            iss: &self.issuer,
-            sub: user_id,
-            aud: &client.name,
-            client_id: &client.name,
+        let token = access::AccessToken {
+            sub: subject.to_string(),
+            client_id: client.name.clone(),
+            scope: scope.to_string(),
+            fam: family.to_string(),
             iat: now,
             exp: now + self.access_token_ttl,
-            jti: uuid::Uuid::new_v4().to_string(),
-            scope,
-            fam: Some(family),
         };
-        self.sign(&claims, "at+jwt")
+        self.access.seal(&token).map_err(|_| TokenError::ServerError)
+    }
+
+    /// Signs a logout token (OIDC Back-Channel Logout 1.0 §2.4) telling
+    /// `client` that the session `sid` of user `sub` ended. It never carries
+    /// a nonce, so it cannot pass for an ID token.
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn logout_token(&self, client: &OidcClient, sub: &str, sid: &str, now: i64) -> Result<String, TokenError> {
+        let mut events = serde_json::Map::new();
+        events.insert(BACKCHANNEL_LOGOUT_EVENT.into(), serde_json::json!({}));
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "aud": client.name,
+            "iat": now,
+            "exp": now + LOGOUT_TOKEN_SECS,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "sub": sub,
+            "sid": sid,
+            "events": events,
+        });
+        // The client's ID-token algorithm: the one it is known to verify.
+        self.sign(&claims, "logout+jwt", client.id_token_signed_response_alg)
     }
 
     /// Reads an ID token we issued (signature and issuer; expiry ignored, as
-    /// `id_token_hint` allows): returns (client, subject).
+    /// `id_token_hint` allows): returns (client, subject). Any published key
+    /// of any algorithm, chosen by `kid`, and only with that key's own `alg`.
     pub fn id_token_hint(&self, token: &str) -> Option<(String, String)> {
         #[derive(serde::Deserialize)]
         struct Hint {
@@ -280,27 +282,24 @@ impl Provider {
         }
         let header = jsonwebtoken::decode_header(token).ok()?;
         let keys = self.keys.load();
-        let key = keys.verifying.get(header.kid.as_deref()?)?;
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        let key = keys.verifier(header.kid.as_deref()?, header.alg)?;
+        let mut validation = jsonwebtoken::Validation::new(keys::jwt_algorithm(key.alg));
         validation.set_issuer(&[&self.issuer]);
         validation.validate_aud = false;
         validation.validate_exp = false;
         validation.required_spec_claims.remove("exp");
-        jsonwebtoken::decode::<Hint>(token, key, &validation).ok().map(|d| (d.claims.aud, d.claims.sub))
+        jsonwebtoken::decode::<Hint>(token, &key.key, &validation).ok().map(|d| (d.claims.aud, d.claims.sub))
     }
 
-    /// Checks one of our access tokens: signature (any published key), issuer, expiry.
-    pub fn verify_access_token(&self, token: &str) -> Option<VerifiedAccess> {
-        let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.typ.as_deref() != Some("at+jwt") {
-            return None;
-        }
-        let keys = self.keys.load();
-        let key = keys.verifying.get(header.kid.as_deref()?)?;
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-        validation.set_issuer(&[&self.issuer]);
-        validation.validate_aud = false;
-        jsonwebtoken::decode::<VerifiedAccess>(token, key, &validation).ok().map(|d| d.claims)
+    /// Reads one of our unexpired access tokens (revocation is the caller's check).
+    pub fn verify_access_token(&self, token: &str, now: i64) -> Option<access::AccessToken> {
+        self.access.open(token, now)
+    }
+
+    /// A registered client by `client_id`, from the in-memory copy that is
+    /// reloaded whenever the store changes.
+    pub fn client(&self, name: &str) -> Option<Arc<OidcClient>> {
+        self.clients.load().get(name).cloned()
     }
 
     /// The discovery document: only what is implemented.
@@ -324,10 +323,12 @@ impl Provider {
             "authorization_response_iss_parameter_supported": true,
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": SCOPES,
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp",
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "sid",
                 "preferred_username", "name", "email", "email_verified", "groups"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
+            "backchannel_logout_supported": true,
+            "backchannel_logout_session_supported": true,
+            "id_token_signing_alg_values_supported": SigningAlg::ALL.map(SigningAlg::as_str),
         })
     }
 }
@@ -357,6 +358,8 @@ mod tests {
             post_logout_redirect_uris: vec![],
             allowed_groups: groups.iter().map(|g| g.to_string()).collect(),
             consent_required: false,
+            id_token_signed_response_alg: SigningAlg::default(),
+            backchannel_logout_uri: None,
             created_at: 0,
             updated_at: 0,
         }

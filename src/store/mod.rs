@@ -19,7 +19,7 @@ use sqlx::{Row, SqlitePool};
 
 use crate::model::{AuditEntry, Group, Kind, ServiceAccount, User};
 
-pub use signin::{CodeGrant, RefreshGrant, RefreshOutcome, SessionInfo};
+pub use signin::{CodeGrant, EndedSession, LiveSession, RefreshGrant, RefreshOutcome, SessionInfo};
 pub use write::{NewGroup, NewUser, WriteTx};
 
 /// Errors from the store, phrased for the admin who caused them.

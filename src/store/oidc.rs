@@ -20,11 +20,14 @@ fn client_from_row(r: &sqlx::sqlite::SqliteRow) -> OidcClient {
         created_at: r.get(6),
         updated_at: r.get(7),
         consent_required: r.get(8),
+        // The column's CHECK constraint admits only the names SigningAlg parses.
+        id_token_signed_response_alg: r.get::<String, _>("id_token_signed_response_alg").parse().unwrap_or_default(),
+        backchannel_logout_uri: r.get("backchannel_logout_uri"),
     }
 }
 
 const CLIENT_COLUMNS: &str = "id, name, secret_hash, redirect_uris, post_logout_redirect_uris, allowed_groups, \
-     created_at, updated_at, consent_required";
+     created_at, updated_at, consent_required, id_token_signed_response_alg, backchannel_logout_uri";
 
 impl Store {
     /// Every registered client, by name.
@@ -76,13 +79,15 @@ impl Store {
 }
 
 impl WriteTx {
-    /// Stores a new signing key and retires the ones before it.
+    /// Stores a new signing key and retires the active keys of its algorithm
+    /// (keys of other algorithms keep signing).
     ///
     /// # Errors
     /// Database errors.
     pub async fn add_signing_key(&mut self, key: &SigningKeyRecord, actor: &Actor) -> StoreResult<()> {
-        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL AND alg = ?")
             .bind(key.created_at)
+            .bind(&key.alg)
             .execute(self.conn())
             .await?;
         sqlx::query(
@@ -102,11 +107,14 @@ impl WriteTx {
     /// Registers a client.
     ///
     /// # Errors
-    /// Invalid or duplicate name, or an invalid redirect URI.
+    /// Invalid or duplicate name, or an invalid redirect or back-channel logout URI.
     pub async fn add_oidc_client(&mut self, client: &OidcClient, actor: &Actor) -> StoreResult<()> {
         validate_name(Kind::OidcClient, &client.name).map_err(StoreError::Invalid)?;
         for uri in client.redirect_uris.iter().chain(&client.post_logout_redirect_uris) {
             check_redirect_uri(uri)?;
+        }
+        if let Some(uri) = &client.backchannel_logout_uri {
+            check_backchannel_logout_uri(uri)?;
         }
         let exists = sqlx::query("SELECT 1 FROM oidc_clients WHERE name = ?")
             .bind(&client.name)
@@ -115,7 +123,7 @@ impl WriteTx {
         if exists.is_some() {
             return Err(StoreError::Duplicate(Kind::OidcClient, client.name.clone()));
         }
-        sqlx::query(&format!("INSERT INTO oidc_clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO oidc_clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&client.id)
             .bind(&client.name)
             .bind(&client.secret_hash)
@@ -125,6 +133,8 @@ impl WriteTx {
             .bind(client.created_at)
             .bind(client.updated_at)
             .bind(client.consent_required)
+            .bind(client.id_token_signed_response_alg.as_str())
+            .bind(&client.backchannel_logout_uri)
             .execute(self.conn())
             .await?;
         self.audit(actor, "oidc.client.add", &client.name, "").await
@@ -171,4 +181,47 @@ fn check_redirect_uri(uri: &str) -> StoreResult<()> {
         )));
     }
     Ok(())
+}
+
+/// A back-channel logout URI is an absolute http or https URL with a host,
+/// without credentials or a fragment (OIDC Back-Channel Logout 1.0 §2.2).
+/// Unlike redirect URIs, plain http may go to any host: the provider calls
+/// it server to server (no browser is sent there), and a logout token is
+/// signed and can only end a session at that client.
+fn check_backchannel_logout_uri(uri: &str) -> StoreResult<()> {
+    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?']).next().unwrap_or(""));
+    let host_ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':') && !h.contains('@'));
+    if !host_ok || uri.contains('#') || uri.len() > 2048 || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::Invalid(format!(
+            "invalid back-channel logout URI {uri:?}: use an absolute http:// or https:// URL with a host, without a fragment"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backchannel_logout_uris() {
+        for ok in ["https://app.example.org/bc", "http://10.0.0.5:8080/logout?x=1", "http://localhost"] {
+            assert!(check_backchannel_logout_uri(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://app.example.org/bc",
+            "/relative",
+            "app.example.org/bc",
+            "https://",
+            "https:///path",
+            "https://:443/x",
+            "https://app.example.org/bc#frag",
+            "https://user:pw@app.example.org/bc",
+            "https://app.example.org/b c",
+        ] {
+            let e = check_backchannel_logout_uri(bad).expect_err(bad).to_string();
+            assert!(e.contains("back-channel logout URI"), "{e}");
+        }
+    }
 }

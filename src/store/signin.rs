@@ -17,6 +17,27 @@ pub struct CodeGrant {
     pub code_challenge: Option<String>,
     pub auth_time: i64,
     pub expires_at: i64,
+    /// The sign-in session's public id, for the ID token's `sid`.
+    pub sid: Option<String>,
+}
+
+/// A live sign-in session, as stored.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub user_id: String,
+    pub auth_time: i64,
+    /// The public session id (`sid` in ID and logout tokens); unrelated to
+    /// the cookie value.
+    pub sid: String,
+}
+
+/// A sign-in session that was just ended, and whom to tell.
+#[derive(Debug, Clone)]
+pub struct EndedSession {
+    pub user_id: String,
+    pub sid: String,
+    /// The clients the session issued authorization codes to.
+    pub clients: Vec<String>,
 }
 
 impl Store {
@@ -28,12 +49,14 @@ impl Store {
         &self,
         id_hash: &str,
         user_id: &str,
+        sid: &str,
         auth_time: i64,
         expires_at: i64,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO web_sessions (id_hash, user_id, auth_time, expires_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO web_sessions (id_hash, user_id, sid, auth_time, expires_at) VALUES (?, ?, ?, ?, ?)")
             .bind(id_hash)
             .bind(user_id)
+            .bind(sid)
             .bind(auth_time)
             .bind(expires_at)
             .execute(self.pool())
@@ -41,26 +64,99 @@ impl Store {
         Ok(())
     }
 
-    /// The (user id, auth time) of a live session.
+    /// Moves `user_id`'s live session from `old_hash` to a new cookie hash
+    /// after they signed in again: new auth time and expiry, same `sid` and
+    /// clients. Returns the `sid`, or `None` (nothing changed) when the old
+    /// session is gone, expired or another user's.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn session(&self, id_hash: &str, now: i64) -> StoreResult<Option<(String, i64)>> {
-        let row = sqlx::query("SELECT user_id, auth_time FROM web_sessions WHERE id_hash = ? AND expires_at > ?")
+    pub async fn rotate_session(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        user_id: &str,
+        auth_time: i64,
+        expires_at: i64,
+    ) -> StoreResult<Option<String>> {
+        // Write first, so the transaction takes SQLite's write lock at once.
+        let mut tx = self.pool().begin().await?;
+        let moved = sqlx::query(
+            "INSERT INTO web_sessions (id_hash, user_id, sid, auth_time, expires_at) \
+             SELECT ?, user_id, sid, ?, ? FROM web_sessions WHERE id_hash = ? AND user_id = ? AND expires_at > ? \
+             RETURNING sid",
+        )
+        .bind(new_hash)
+        .bind(auth_time)
+        .bind(expires_at)
+        .bind(old_hash)
+        .bind(user_id)
+        .bind(auth_time)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = moved else { return Ok(None) };
+        sqlx::query("UPDATE session_clients SET session_hash = ? WHERE session_hash = ?")
+            .bind(new_hash)
+            .bind(old_hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?").bind(old_hash).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(row.get(0)))
+    }
+
+    /// A live session.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn session(&self, id_hash: &str, now: i64) -> StoreResult<Option<LiveSession>> {
+        let row = sqlx::query("SELECT user_id, auth_time, sid FROM web_sessions WHERE id_hash = ? AND expires_at > ?")
             .bind(id_hash)
             .bind(now)
             .fetch_optional(self.pool())
             .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        Ok(row.map(|r| LiveSession { user_id: r.get(0), auth_time: r.get(1), sid: r.get(2) }))
     }
 
-    /// Ends a session.
+    /// Remembers that a session signed in to `client` (for back-channel logout).
+    ///
+    /// # Errors
+    /// Database errors (also an unknown session or client).
+    pub async fn add_session_client(&self, id_hash: &str, client: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO session_clients (session_hash, client_name) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(id_hash)
+            .bind(client)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a session (only if it is `owner`'s, when given) and returns what
+    /// it was, with the clients it signed in to; `None` if there was none.
+    /// Of two concurrent calls, only one gets the session.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?").bind(id_hash).execute(self.pool()).await?;
-        Ok(())
+    pub async fn end_session(&self, id_hash: &str, owner: Option<&str>) -> StoreResult<Option<EndedSession>> {
+        // Read the clients first: deleting the session cascades to them.
+        let clients =
+            sqlx::query("SELECT client_name FROM session_clients WHERE session_hash = ? ORDER BY client_name")
+                .bind(id_hash)
+                .fetch_all(self.pool())
+                .await?;
+        let ended = sqlx::query(
+            "DELETE FROM web_sessions WHERE id_hash = ? AND (? IS NULL OR user_id = ?) RETURNING user_id, sid",
+        )
+        .bind(id_hash)
+        .bind(owner)
+        .bind(owner)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(ended.map(|r| EndedSession {
+            user_id: r.get(0),
+            sid: r.get(1),
+            clients: clients.iter().map(|c| c.get(0)).collect(),
+        }))
     }
 
     /// Stores a new authorization code under its hash.
@@ -70,7 +166,7 @@ impl Store {
     pub async fn insert_code(&self, code_hash: &str, grant: &CodeGrant) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO auth_codes (code_hash, client_name, user_id, redirect_uri, scope, nonce, code_challenge, \
-             auth_time, expires_at, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)",
+             auth_time, expires_at, sid, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)",
         )
         .bind(code_hash)
         .bind(&grant.client_name)
@@ -81,6 +177,7 @@ impl Store {
         .bind(&grant.code_challenge)
         .bind(grant.auth_time)
         .bind(grant.expires_at)
+        .bind(&grant.sid)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -95,7 +192,8 @@ impl Store {
     pub async fn redeem_code(&self, code_hash: &str) -> StoreResult<Option<(CodeGrant, bool)>> {
         // One statement claims the code: no read-then-write transaction,
         // which SQLite would refuse under concurrent writers (SQLITE_BUSY).
-        const COLUMNS: &str = "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at";
+        const COLUMNS: &str =
+            "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, sid";
         let claimed = sqlx::query(&format!(
             "UPDATE auth_codes SET used = TRUE WHERE code_hash = ? AND used = FALSE RETURNING {COLUMNS}"
         ))
@@ -124,6 +222,7 @@ impl Store {
             code_challenge: row.get(5),
             auth_time: row.get(6),
             expires_at: row.get(7),
+            sid: row.get(8),
         };
         Ok(Some((grant, first_use)))
     }
@@ -138,10 +237,12 @@ pub struct RefreshGrant {
     pub scope: String,
     pub auth_time: i64,
     pub expires_at: i64,
+    /// The sign-in session the family started in, for the ID token's `sid`.
+    pub sid: Option<String>,
 }
 
 /// The columns [`refresh_from_row`] reads, in order.
-const REFRESH_COLUMNS: &str = "family_id, client_name, user_id, scope, auth_time, expires_at";
+const REFRESH_COLUMNS: &str = "family_id, client_name, user_id, scope, auth_time, expires_at, sid";
 
 fn refresh_from_row(r: &sqlx::sqlite::SqliteRow) -> RefreshGrant {
     RefreshGrant {
@@ -151,6 +252,7 @@ fn refresh_from_row(r: &sqlx::sqlite::SqliteRow) -> RefreshGrant {
         scope: r.get(3),
         auth_time: r.get(4),
         expires_at: r.get(5),
+        sid: r.get(6),
     }
 }
 
@@ -195,8 +297,8 @@ impl Store {
     /// Database errors.
     pub async fn insert_refresh(&self, token_hash: &str, g: &RefreshGrant) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family_id, client_name, user_id, scope, auth_time, expires_at, used) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, FALSE)",
+            "INSERT INTO refresh_tokens (token_hash, family_id, client_name, user_id, scope, auth_time, expires_at, \
+             sid, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, FALSE)",
         )
         .bind(token_hash)
         .bind(&g.family_id)
@@ -205,6 +307,7 @@ impl Store {
         .bind(&g.scope)
         .bind(g.auth_time)
         .bind(g.expires_at)
+        .bind(&g.sid)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -342,19 +445,6 @@ impl Store {
         .await?;
         Ok(rows.iter().map(|r| SessionInfo { id_hash: r.get(0), auth_time: r.get(1), expires_at: r.get(2) }).collect())
     }
-
-    /// Ends one of a user's sessions (only if it is theirs).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn delete_user_session(&self, user_id: &str, id_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM web_sessions WHERE user_id = ? AND id_hash = ?")
-            .bind(user_id)
-            .bind(id_hash)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -363,6 +453,41 @@ mod tests {
     use crate::config::DirectoryConfig;
     use crate::model::Actor;
     use crate::store::NewUser;
+
+    /// A session keeps its sid and clients when the same user signs in again;
+    /// ending it returns them once; another user's session cannot be taken over.
+    #[tokio::test]
+    async fn sessions_rotate_and_end_with_their_clients() {
+        let store = Store::open_in_memory().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let config = DirectoryConfig::default();
+        let actor = Actor::system();
+        let alice = tx.add_user(NewUser { name: "alice".into(), ..Default::default() }, &config, &actor).await.unwrap();
+        let bob = tx.add_user(NewUser { name: "bob".into(), ..Default::default() }, &config, &actor).await.unwrap();
+        tx.commit().await.unwrap();
+        for name in ["wiki", "chat"] {
+            sqlx::query("INSERT INTO oidc_clients (id, name, created_at, updated_at) VALUES (?, ?, 0, 0)")
+                .bind(name)
+                .bind(name)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        store.insert_session("h1", &alice.id, "sid-1", 10, 100).await.unwrap();
+        store.add_session_client("h1", "wiki").await.unwrap();
+        store.add_session_client("h1", "wiki").await.unwrap();
+        store.add_session_client("h1", "chat").await.unwrap();
+        assert_eq!(store.rotate_session("h1", "h2", &bob.id, 20, 200).await.unwrap(), None, "not bob's");
+        assert_eq!(store.rotate_session("h1", "h2", &alice.id, 20, 200).await.unwrap().as_deref(), Some("sid-1"));
+        assert!(store.session("h1", 20).await.unwrap().is_none(), "the old cookie is dead");
+        let live = store.session("h2", 20).await.unwrap().unwrap();
+        assert_eq!((live.user_id.as_str(), live.auth_time, live.sid.as_str()), (alice.id.as_str(), 20, "sid-1"));
+        assert!(store.end_session("h2", Some(&bob.id)).await.unwrap().is_none(), "only the owner may end it");
+        let ended = store.end_session("h2", None).await.unwrap().unwrap();
+        assert_eq!((ended.user_id.as_str(), ended.sid.as_str()), (alice.id.as_str(), "sid-1"));
+        assert_eq!(ended.clients, ["chat", "wiki"]);
+        assert!(store.end_session("h2", None).await.unwrap().is_none(), "ended once");
+    }
 
     /// Concurrent redemptions on a file-backed (WAL) store: each token is
     /// claimed exactly once and nothing fails with SQLITE_BUSY.
@@ -387,6 +512,7 @@ mod tests {
             scope: "openid".into(),
             auth_time: 0,
             expires_at: i64::MAX,
+            sid: None,
         };
         for i in 0..32 {
             store.insert_refresh(&format!("t{i}"), &grant(i)).await.unwrap();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use super::AppState;
 use super::signin::{
-    SESSION_COOKIE, cookie, csrf_ok, current_session, esc, expired_form, new_csrf, page, password_sign_in,
+    SESSION_COOKIE, cookie, csrf_ok, current_session, end_session, esc, expired_form, new_csrf, page, password_sign_in,
     start_session,
 };
 use crate::clock::generalized_time;
@@ -54,7 +54,7 @@ async fn signed_in_form(state: &AppState, headers: &HeaderMap, csrf: &str) -> Re
         return Err(expired_form());
     }
     match current_session(state, headers).await {
-        Some((user_id, _)) => Ok(user_id),
+        Some(s) => Ok(s.user_id),
         None => Err(signin_form(None, StatusCode::UNAUTHORIZED)),
     }
 }
@@ -66,14 +66,15 @@ struct Notice {
 }
 
 async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice): Query<Notice>) -> Response {
-    let Some((user_id, _)) = current_session(&state, &headers).await else {
+    let Some(session) = current_session(&state, &headers).await else {
         return signin_form(None, StatusCode::OK);
     };
+    let user_id = session.user_id;
     let snap = state.identity.directory.load();
     let Some(user) = UserInfo::from_snapshot(&snap, &user_id) else { return signin_form(None, StatusCode::OK) };
     let now = state.identity.clock.now();
     let sessions = state.identity.store.sessions_of(&user_id, now).await.unwrap_or_default();
-    let current = cookie(&headers, SESSION_COOKIE).map(|c| hash_client_secret(&c)).unwrap_or_default();
+    let current = session.id_hash;
     let (csrf, c) = new_csrf();
     let notice = match notice.done.as_deref() {
         Some("password") => "<p role=\"status\">Your password was changed.</p>",
@@ -131,11 +132,11 @@ async fn signin(
     if !csrf_ok(&headers, &form.csrf) {
         return expired_form();
     }
-    let Some(account) = password_sign_in(&state, &form.username, &form.password, peer).await else {
+    let Some(account) = password_sign_in(&state, &form.username, &form.password, peer, &headers).await else {
         return signin_form(Some("Wrong user name or password, or the account is locked."), StatusCode::UNAUTHORIZED);
     };
     let now = state.identity.clock.now();
-    let Some(session) = start_session(&state, &headers, &account.id, now).await else {
+    let Some((session, _)) = start_session(&state, &headers, &account.id, now).await else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
     };
     let mut r = Redirect::to("/account").into_response();
@@ -202,9 +203,7 @@ async fn revoke_session(State(state): State<AppState>, headers: HeaderMap, Form(
         Ok(id) => id,
         Err(r) => return r,
     };
-    if let Err(e) = state.identity.store.delete_user_session(&user_id, &form.id).await {
-        tracing::error!(error = %e, "cannot end session");
-    }
+    end_session(&state, &form.id, Some(&user_id)).await;
     Redirect::to("/account?done=revoked").into_response()
 }
 
@@ -219,7 +218,7 @@ async fn signout(State(state): State<AppState>, headers: HeaderMap, Form(form): 
         return expired_form();
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        let _ = state.identity.store.delete_session(&hash_client_secret(&id)).await;
+        end_session(&state, &hash_client_secret(&id), None).await;
     }
     let mut r = page(StatusCode::OK, "Signed out", "<p>You are signed out. <a href=\"/account\">Sign in again</a></p>");
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!(

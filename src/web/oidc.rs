@@ -1,5 +1,6 @@
 //! OpenID provider endpoints: discovery, JWKS, token (authorization_code
-//! with PKCE, client_credentials), userinfo.
+//! with PKCE, refresh_token, client_credentials), userinfo, revocation,
+//! introspection.
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
@@ -61,7 +62,7 @@ async fn authenticate_client(
     headers: &HeaderMap,
     form_id: Option<String>,
     form_secret: Option<String>,
-) -> Result<crate::model::OidcClient, OAuthError> {
+) -> Result<std::sync::Arc<crate::model::OidcClient>, OAuthError> {
     let (client_id, secret) = match (basic_credentials(headers), form_id, form_secret) {
         (Some(creds), None, None) => (creds.0, Some(creds.1)),
         (Some((id, secret)), Some(form_id), None) if form_id == id => (id, Some(secret)),
@@ -69,11 +70,7 @@ async fn authenticate_client(
         (Some(_), _, _) => return Err(OAuthError(TokenError::InvalidRequest, "use one client authentication method")),
         (None, None, _) => return Err(OAuthError(TokenError::InvalidClient, "client authentication required")),
     };
-    let client = state.identity.store.oidc_client(&client_id).await.map_err(|e| {
-        tracing::error!(error = %e, "client lookup failed");
-        OAuthError(TokenError::ServerError, "internal error")
-    })?;
-    let authenticated = client.filter(|c| match (&c.secret_hash, &secret) {
+    let authenticated = state.provider.client(&client_id).filter(|c| match (&c.secret_hash, &secret) {
         (Some(_), Some(s)) => client_secret_matches(c, s),
         (None, None) => true,
         _ => false,
@@ -208,6 +205,7 @@ async fn authorization_code(
         nonce: grant.nonce.as_deref(),
         auth_time: grant.auth_time,
         family: &family,
+        sid: grant.sid.as_deref(),
     };
     issue_tokens(state, client, &issue, now).await
 }
@@ -219,6 +217,8 @@ struct Issue<'a> {
     nonce: Option<&'a str>,
     auth_time: i64,
     family: &'a str,
+    /// The sign-in session, for the ID token's `sid` (back-channel logout).
+    sid: Option<&'a str>,
 }
 
 /// ID token, access token, and (with offline_access) a new refresh token.
@@ -233,7 +233,8 @@ async fn issue_tokens(
         .ok_or(OAuthError(TokenError::InvalidGrant, "the user no longer exists"))?;
     let provider = &state.provider;
     let fail = |e| OAuthError(e, "cannot sign the token");
-    let id_token = provider.id_token(client, &user, issue.scope, issue.nonce, issue.auth_time, now).map_err(fail)?;
+    let id_token =
+        provider.id_token(client, &user, issue.scope, issue.nonce, issue.auth_time, issue.sid, now).map_err(fail)?;
     let access_token =
         provider.user_access_token(client, issue.user_id, issue.scope, issue.family, now).map_err(fail)?;
     let mut body = serde_json::json!({
@@ -252,6 +253,7 @@ async fn issue_tokens(
             scope: issue.scope.to_string(),
             auth_time: issue.auth_time,
             expires_at: now + crate::oidc::REFRESH_TOKEN_SECS,
+            sid: issue.sid.map(str::to_string),
         };
         let hash = crate::oidc::hash_client_secret(&refresh);
         let stored = state.identity.store.insert_refresh(&hash, &grant).await;
@@ -305,6 +307,7 @@ async fn refresh_token(
         nonce: None,
         auth_time: grant.auth_time,
         family: &grant.family_id,
+        sid: grant.sid.as_deref(),
     };
     issue_tokens(state, client, &issue, now).await
 }
@@ -333,8 +336,8 @@ async fn revoke(
     let token = form.token.ok_or(OAuthError(TokenError::InvalidRequest, "token is required"))?;
     let now = state.identity.clock.now();
     let store = &state.identity.store;
-    let family = match state.provider.verify_access_token(&token) {
-        Some(a) if a.client_id == client.name => a.fam,
+    let family = match state.provider.verify_access_token(&token, now) {
+        Some(a) if a.client_id == client.name => Some(a.fam),
         Some(_) => None,
         None => store
             .live_refresh(&crate::oidc::hash_client_secret(&token), now)
@@ -366,12 +369,8 @@ async fn introspect(
     let now = state.identity.clock.now();
     let store = &state.identity.store;
     let inactive = serde_json::json!({ "active": false });
-    let body = if let Some(a) = state.provider.verify_access_token(&token) {
-        let revoked = match &a.fam {
-            Some(f) => store.family_revoked(f).await.unwrap_or(true),
-            None => false,
-        };
-        if revoked {
+    let body = if let Some(a) = state.provider.verify_access_token(&token, now) {
+        if store.family_revoked(&a.fam).await.unwrap_or(true) {
             inactive
         } else {
             serde_json::json!({
@@ -406,19 +405,18 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let Some(token) = token else { return unauthorized("invalid_request") };
-    let Some(access) = state.provider.verify_access_token(token.trim()) else { return unauthorized("invalid_token") };
-    if let Some(f) = &access.fam {
-        if state.identity.store.family_revoked(f).await.unwrap_or(true) {
-            return unauthorized("invalid_token");
-        }
+    let now = state.identity.clock.now();
+    let Some(access) = state.provider.verify_access_token(token.trim(), now) else {
+        return unauthorized("invalid_token");
+    };
+    if state.identity.store.family_revoked(&access.fam).await.unwrap_or(true) {
+        return unauthorized("invalid_token");
     }
     let snap = state.identity.directory.load();
     let Some(user) = crate::oidc::UserInfo::from_snapshot(&snap, &access.sub) else {
         return unauthorized("invalid_token");
     };
-    let Ok(Some(client)) = state.identity.store.oidc_client(&access.client_id).await else {
-        return unauthorized("invalid_token");
-    };
+    let Some(client) = state.provider.client(&access.client_id) else { return unauthorized("invalid_token") };
     let mut r = Json(user.claims(&access.scope, &client)).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

@@ -28,8 +28,6 @@ pub(super) const SESSION_COOKIE: &str = "__Host-portcullis_session";
 pub(super) const CSRF_COOKIE: &str = "__Host-portcullis_csrf";
 /// Sign-in sessions last this long.
 const SESSION_SECS: i64 = 8 * 3600;
-/// Authorization codes live this long (single use).
-const CODE_SECS: i64 = 60;
 
 /// The sign-in routes.
 pub(super) fn routes() -> Router<AppState> {
@@ -156,14 +154,11 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, RawQuery(r
         Err(r) => return reject(r),
     };
     let now = state.identity.clock.now();
-    let session = match cookie(&headers, SESSION_COOKIE) {
-        Some(id) => state.identity.store.session(&hash_client_secret(&id), now).await.ok().flatten(),
-        None => None,
-    };
+    let session = current_session(&state, &headers).await;
     let fresh_enough = |auth_time: i64| req.max_age.is_none_or(|m| now - auth_time <= m);
     match session {
-        Some((user_id, auth_time)) if fresh_enough(auth_time) && !req.prompt.iter().any(|p| p == "login") => {
-            continue_authorization(&state, &req, &user_id, auth_time, false).await
+        Some(s) if fresh_enough(s.auth_time) && !req.prompt.iter().any(|p| p == "login") => {
+            continue_authorization(&state, &req, &s, false).await
         }
         _ if req.prompt.iter().any(|p| p == "none") => reject(Reject::Redirect {
             uri: req.redirect_uri,
@@ -198,7 +193,7 @@ async fn signin(
         Ok(r) => r,
         Err(r) => return reject(r),
     };
-    let Some(account) = password_sign_in(&state, &form.username, &form.password, peer).await else {
+    let Some(account) = password_sign_in(&state, &form.username, &form.password, peer, &headers).await else {
         return signin_page(
             &req,
             Some("Wrong user name or password, or the account is locked."),
@@ -206,11 +201,11 @@ async fn signin(
         );
     };
     let now = state.identity.clock.now();
-    let Some(session_cookie) = start_session(&state, &headers, &account.id, now).await else {
+    let Some((session_cookie, session)) = start_session(&state, &headers, &account.id, now).await else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
     };
     tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
-    let mut response = continue_authorization(&state, &req, &account.id, now, false).await;
+    let mut response = continue_authorization(&state, &req, &session, false).await;
     response.headers_mut().append(header::SET_COOKIE, session_cookie);
     response
 }
@@ -222,13 +217,15 @@ pub(super) async fn password_sign_in(
     username: &str,
     password: &str,
     peer: SocketAddr,
+    headers: &HeaderMap,
 ) -> Option<crate::directory::Account> {
     let base = &state.identity.config.ldap.base_dn;
     let user_dn = format!("uid={},ou=people,{base}", dn::escape_value(username.trim()));
-    match state.identity.bind(&user_dn, password, Some(peer.ip())).await {
+    let client = super::client_ip(&state.identity.config.http.trusted_proxies, peer.ip(), headers);
+    match state.identity.bind(&user_dn, password, Some(client)).await {
         Ok(a) if a.kind == AccountKind::User => Some(a),
         outcome => {
-            tracing::info!(user = %username.trim(), peer = %peer, reason = ?outcome.err(), "web sign-in failed");
+            tracing::info!(user = %username.trim(), client = %client, reason = ?outcome.err(), "web sign-in failed");
             None
         }
     }
@@ -243,33 +240,84 @@ pub(super) fn expired_form() -> Response {
     )
 }
 
-/// Starts a session for `user_id`: a new id at every sign-in (no fixation),
-/// the old one ended. Returns the `Set-Cookie` value.
+/// The browser's live sign-in session.
+pub(super) struct Session {
+    /// SHA-256 of the cookie value: the stored key, never the cookie itself.
+    pub(super) id_hash: String,
+    pub(super) user_id: String,
+    pub(super) auth_time: i64,
+    /// The public session id that ID tokens and logout tokens carry.
+    pub(super) sid: String,
+}
+
+/// Starts a session for `user_id`: a new cookie at every sign-in (no
+/// fixation). The browser's previous session goes on under the new cookie
+/// (same `sid`, same clients) if it was the same user's; otherwise it ends,
+/// and its clients are told. Returns the `Set-Cookie` value and the session.
 pub(super) async fn start_session(
     state: &AppState,
     headers: &HeaderMap,
     user_id: &str,
     now: i64,
-) -> Option<HeaderValue> {
-    if let Some(old) = cookie(headers, SESSION_COOKIE) {
-        let _ = state.identity.store.delete_session(&hash_client_secret(&old)).await;
-    }
+) -> Option<(HeaderValue, Session)> {
+    let store = &state.identity.store;
     let session_id = random_token();
-    let stored =
-        state.identity.store.insert_session(&hash_client_secret(&session_id), user_id, now, now + SESSION_SECS).await;
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "cannot store session");
-        return None;
+    let id_hash = hash_client_secret(&session_id);
+    let expires_at = now + SESSION_SECS;
+    let mut carried = None;
+    if let Some(old) = cookie(headers, SESSION_COOKIE) {
+        let old_hash = hash_client_secret(&old);
+        match store.rotate_session(&old_hash, &id_hash, user_id, now, expires_at).await {
+            Ok(Some(sid)) => carried = Some(sid),
+            Ok(None) => {
+                end_session(state, &old_hash, None).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rotate session");
+                return None;
+            }
+        }
     }
+    let sid = match carried {
+        Some(sid) => sid,
+        None => {
+            let sid = uuid::Uuid::new_v4().to_string();
+            if let Err(e) = store.insert_session(&id_hash, user_id, &sid, now, expires_at).await {
+                tracing::error!(error = %e, "cannot store session");
+                return None;
+            }
+            sid
+        }
+    };
     let value =
         format!("{SESSION_COOKIE}={session_id}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECS}");
-    HeaderValue::from_str(&value).ok()
+    let session = Session { id_hash, user_id: user_id.to_string(), auth_time: now, sid };
+    HeaderValue::from_str(&value).ok().map(|v| (v, session))
 }
 
-/// The live session's (user id, auth time), if the browser has one.
-pub(super) async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<(String, i64)> {
-    let id = cookie(headers, SESSION_COOKIE)?;
-    state.identity.store.session(&hash_client_secret(&id), state.identity.clock.now()).await.ok().flatten()
+/// The browser's live session, if it has one.
+pub(super) async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
+    let id_hash = hash_client_secret(&cookie(headers, SESSION_COOKIE)?);
+    let live = state.identity.store.session(&id_hash, state.identity.clock.now()).await.ok().flatten()?;
+    Some(Session { id_hash, user_id: live.user_id, auth_time: live.auth_time, sid: live.sid })
+}
+
+/// Ends a sign-in session (only `owner`'s, when given) and sends logout
+/// tokens, in the background, to the clients it signed in to that asked for
+/// them (OIDC Back-Channel Logout). Returns whether a session ended.
+pub(super) async fn end_session(state: &AppState, id_hash: &str, owner: Option<&str>) -> bool {
+    let ended = match state.identity.store.end_session(id_hash, owner).await {
+        Ok(Some(ended)) => ended,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot end session");
+            return false;
+        }
+    };
+    let clients: Vec<_> = ended.clients.iter().filter_map(|name| state.provider.client(name)).collect();
+    let now = state.identity.clock.now();
+    crate::oidc::backchannel::notify(&state.provider, &state.outbound, &clients, &ended.user_id, &ended.sid, now);
+    true
 }
 
 /// Whether a form's CSRF field matches the CSRF cookie (double submit).
@@ -286,13 +334,8 @@ pub(super) fn new_csrf() -> (String, Option<HeaderValue>) {
 }
 
 /// The one exit of the sign-in state machine: policy checks, then a code.
-async fn continue_authorization(
-    state: &AppState,
-    req: &AuthRequest,
-    user_id: &str,
-    auth_time: i64,
-    consented: bool,
-) -> Response {
+async fn continue_authorization(state: &AppState, req: &AuthRequest, session: &Session, consented: bool) -> Response {
+    let user_id = session.user_id.as_str();
     let snap = state.identity.directory.load();
     let disabled = snap.user_by_id(user_id).and_then(|e| snap.account(&e.ndn)).is_none_or(|a| a.disabled);
     let Some(user) = UserInfo::from_snapshot(&snap, user_id).filter(|_| !disabled) else {
@@ -334,12 +377,17 @@ async fn continue_authorization(
         scope: req.scope.clone(),
         nonce: req.nonce.clone(),
         code_challenge: req.code_challenge.clone(),
-        auth_time,
-        expires_at: now + CODE_SECS,
+        auth_time: session.auth_time,
+        sid: Some(session.sid.clone()),
+        expires_at: now + i64::try_from(state.identity.config.http.code_ttl_secs).unwrap_or(60),
     };
     if let Err(e) = state.identity.store.insert_code(&hash_client_secret(&code), &grant).await {
         tracing::error!(error = %e, "cannot store authorization code");
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+    }
+    // Remembered for back-channel logout; a failure here costs only that.
+    if let Err(e) = state.identity.store.add_session_client(&session.id_hash, &req.client.name).await {
+        tracing::error!(error = %e, client = %req.client.name, "cannot record the session's client");
     }
     let mut pairs = vec![("code", code.as_str()), ("iss", state.provider.issuer.as_str())];
     if let Some(s) = &req.state {
@@ -474,11 +522,7 @@ async fn consent(State(state): State<AppState>, headers: HeaderMap, Form(form): 
         Err(r) => return reject(r),
     };
     let now = state.identity.clock.now();
-    let session = match cookie(&headers, SESSION_COOKIE) {
-        Some(id) => state.identity.store.session(&hash_client_secret(&id), now).await.ok().flatten(),
-        None => None,
-    };
-    let Some((user_id, auth_time)) = session else {
+    let Some(session) = current_session(&state, &headers).await else {
         return signin_page(&req, Some("Your sign-in expired; sign in again."), StatusCode::UNAUTHORIZED);
     };
     if form.decision != "allow" {
@@ -490,11 +534,11 @@ async fn consent(State(state): State<AppState>, headers: HeaderMap, Form(form): 
             form_post: req.form_post,
         });
     }
-    if let Err(e) = state.identity.store.grant_consent(&user_id, &req.client.name, &req.scope, now).await {
+    if let Err(e) = state.identity.store.grant_consent(&session.user_id, &req.client.name, &req.scope, now).await {
         tracing::error!(error = %e, "cannot store consent");
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
     }
-    continue_authorization(&state, &req, &user_id, auth_time, true).await
+    continue_authorization(&state, &req, &session, true).await
 }
 
 /// RP-initiated logout (OIDC RP-Initiated Logout 1.0). A valid
@@ -510,13 +554,9 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw)
             Ok(t) => t,
             Err(r) => return r,
         };
-    let now = state.identity.clock.now();
     let session_id = cookie(&headers, SESSION_COOKIE);
-    let session = match &session_id {
-        Some(id) => state.identity.store.session(&hash_client_secret(id), now).await.ok().flatten(),
-        None => None,
-    };
-    let hint_matches = matches!((&hint, &session), (Some((_, sub)), Some((user, _))) if sub == user);
+    let session = current_session(&state, &headers).await;
+    let hint_matches = matches!((&hint, &session), (Some((_, sub)), Some(s)) if *sub == s.user_id);
     if hint_matches || session.is_none() {
         return finish_logout(&state, session_id.as_deref(), target).await;
     }
@@ -581,7 +621,7 @@ async fn logout_target(
 
 async fn finish_logout(state: &AppState, session_id: Option<&str>, target: Option<String>) -> Response {
     if let Some(id) = session_id {
-        let _ = state.identity.store.delete_session(&hash_client_secret(id)).await;
+        end_session(state, &hash_client_secret(id), None).await;
     }
     let mut r = match target {
         Some(uri) => Redirect::to(&uri).into_response(),

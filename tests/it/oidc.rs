@@ -1,7 +1,8 @@
 //! The OpenID provider so far: discovery, JWKS, client registration, the
-//! authorization-code flow with PKCE and web sign-in, userinfo, and the
-//! client_credentials grant, checked by Authlib (a real relying-party library
-//! with its own JOSE code, driven like a browser) and curl.
+//! authorization-code flow with PKCE and web sign-in, userinfo, the
+//! client_credentials grant and back-channel logout, checked by Authlib (a
+//! real relying-party library with its own JOSE code, driven like a browser),
+//! curl, and a stand-in back-channel endpoint.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -74,11 +75,15 @@ fn client_credentials_with_authlib_and_key_rotation() {
 
     let first = json(&authlib(&server, &["reports", &secret]));
     assert_eq!(first["sub"], "reports");
-    assert_eq!(first["alg"], "RS256");
-    assert_eq!(first["typ"], "at+jwt");
+    assert_eq!(first["client_id"], "reports");
     assert_eq!(first["scope"], "api.read");
+    assert_eq!(first["introspected_scope"], "api.read");
+    assert_eq!(first["token_type"], "Bearer");
+    assert_eq!(first["expires_in"], 600);
+    let token = first["access_token"].as_str().expect("token").to_string();
+    assert!(token.starts_with("pcat_") && !token.contains('.'), "access tokens are opaque, not JWTs: {token}");
     let post = json(&authlib(&server, &["reports", &secret, "client_secret_post"]));
-    assert_eq!(post["kid"], first["kid"]);
+    assert_ne!(post["access_token"], first["access_token"]);
 
     // Wrong secret, unknown client: invalid_client, no token.
     let bad = authlib(&server, &["reports", "not-the-secret"]);
@@ -111,29 +116,33 @@ fn client_credentials_with_authlib_and_key_rotation() {
     );
     assert!(response.ends_with("400") && response.contains("unsupported_grant_type"), "{response}");
 
-    // Rotation: new tokens use the new key; the old key stays published, so
-    // tokens it signed still verify.
-    let old_token = first["access_token"].as_str().expect("token").to_string();
+    // Key rotation publishes new ID-token keys and keeps the old ones; access
+    // tokens do not depend on them and stay valid.
     server.cli(&["oidc", "key", "rotate"], None);
-    let jwks_has_two = || {
+    let jwks_has_six = || {
         let jwks: serde_json::Value =
             serde_json::from_str(&curl(&server, &[&format!("{}/oidc/jwks", server.issuer())])).unwrap_or_default();
-        jwks["keys"].as_array().is_some_and(|k| k.len() == 2)
+        // Three retired keys (RS256, ES256, EdDSA) and their three successors.
+        jwks["keys"].as_array().is_some_and(|k| k.len() == 6)
     };
-    assert!(wait_until(Duration::from_secs(2), jwks_has_two), "rotated key not published within 2 s");
-    let second = json(&authlib(&server, &["reports", &secret]));
-    assert_ne!(second["kid"], first["kid"], "new tokens are signed with the new key");
-    assert_eq!(json(&authlib(&server, &["--verify", &old_token]))["sub"], "reports");
-    // Change one signature character well before the end (the last one may carry only padding bits).
-    let mut tampered = old_token.clone().into_bytes();
+    assert!(wait_until(Duration::from_secs(2), jwks_has_six), "rotated keys not published within 2 s");
+    let introspect = |token: &str| json(&authlib(&server, &["--introspect", "reports", &secret, token]));
+    assert_eq!(introspect(&token)["active"], true, "still valid after key rotation");
+    // One changed character well before the end: not ours any more.
+    let mut tampered = token.clone().into_bytes();
     let at = tampered.len() - 20;
     tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).expect("ascii");
-    assert!(!authlib(&server, &["--verify", &tampered]).status.success(), "tampered token must not verify");
+    assert_eq!(introspect(&tampered), serde_json::json!({"active": false}), "tampered token");
+    // RFC 7009: revoking a client_credentials token ends it.
+    assert_eq!(json(&authlib(&server, &["--revoke", "reports", &secret, &token]))["status"], 200);
+    assert_eq!(introspect(&token), serde_json::json!({"active": false}), "revoked token");
+    assert_eq!(introspect(post["access_token"].as_str().expect("token"))["active"], true, "others unaffected");
 
-    // Secret rotation: the old secret stops working at once.
+    // Secret rotation: the running server drops the old secret within a second.
     let out = server.cli(&["oidc", "client", "rotate-secret", "reports"], None);
     let new_secret = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("new secret").to_string();
+    server.settle();
     assert!(!authlib(&server, &["reports", &secret]).status.success());
     json(&authlib(&server, &["reports", &new_secret]));
 }
@@ -273,6 +282,66 @@ fn authorization_code_flow_with_authlib() {
         neg["form_post"],
         serde_json::json!({"status": 200, "action": "https://app.example.org/cb", "state_ok": true, "csp_script_hash": true, "token": true})
     );
+}
+
+#[test]
+fn expired_codes_and_forwarded_client_addresses() {
+    let server = TestServer::start_with(&[
+        ("PORTCULLIS_HTTP__CODE_TTL_SECS", "1"),
+        ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
+        ("PORTCULLIS_AUTH__SOURCE_MAX_FAILURES", "3"),
+    ]);
+    server.add_user("pccarol", "carol-pw-1");
+    let secret = add_client(&server, "wiki");
+    server.settle();
+
+    let expired = code_flow(&server, "wiki", &secret, "pccarol", "carol-pw-1", "expired");
+    assert_eq!(expired["fresh_code"], true, "{expired}");
+    let refusal = expired["expired_code"].as_str().unwrap_or_default();
+    assert!(refusal.starts_with("invalid_grant") && refusal.contains("expired"), "{expired}");
+
+    // Behind a trusted proxy, lockout counts the forwarded client, not the proxy.
+    let fwd = code_flow(&server, "wiki", &secret, "pccarol", "carol-pw-1", "forwarded");
+    assert_eq!(fwd["failures"], serde_json::json!([401, 401, 401]), "{fwd}");
+    assert_eq!(fwd["locked_source_right_password"], 401, "the forwarded source is locked out: {fwd}");
+    assert_eq!(fwd["other_source_right_password"], 303, "another client behind the same proxy is not: {fwd}");
+    let log = server.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("web sign-in failed")).collect();
+    assert!(failed.iter().any(|l| l.contains("203.0.113.7")), "logs name the forwarded client: {failed:?}");
+}
+
+/// Past `http.max_concurrent_requests` the server answers 503 + Retry-After
+/// at once instead of queueing; capacity returns when the slow request ends.
+#[test]
+fn http_overload_is_shed_with_retry_after() {
+    let server = TestServer::start_with(&[("PORTCULLIS_HTTP__MAX_CONCURRENT_REQUESTS", "1")]);
+    let ca = server.ca_path();
+    let healthz = format!("{}/healthz", server.issuer());
+    let probe = || curl(&server, &["-o", "/dev/null", "-D", "-", &healthz]);
+    assert!(probe().starts_with("HTTP/1.1 200"), "idle server answers");
+
+    // A request whose body is still arriving holds the only slot.
+    let mut slow = Command::new("curl")
+        .args(["-s", "--cacert", ca.to_str().expect("utf-8"), "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-X", "POST", "-H", "Content-Type: application/x-www-form-urlencoded", "-T", "-"])
+        .arg(format!("{}/oidc/token", server.issuer()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    let shed = wait_until(Duration::from_secs(10), || probe().starts_with("HTTP/1.1 503"));
+    assert!(shed, "a second request is shed while the first holds the slot");
+    let headers = probe();
+    assert!(headers.to_ascii_lowercase().contains("retry-after: 1"), "{headers}");
+
+    // Finishing the slow request frees the slot.
+    use std::io::Write;
+    let mut body = slow.stdin.take().expect("stdin");
+    body.write_all(b"grant_type=client_credentials").expect("write body");
+    drop(body);
+    let out = slow.wait_with_output().expect("slow curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "the slow request itself was served");
+    assert!(probe().starts_with("HTTP/1.1 200"), "capacity is back");
 }
 
 /// Runs the openid-client relying party (Node) that scripts/test installs.
@@ -654,4 +723,465 @@ fn account_page_password_change_and_sessions() {
         &[],
     );
     assert!(bind.status.success(), "LDAP bind with the new password: {}", String::from_utf8_lossy(&bind.stderr));
+}
+
+/// The provider's published keys.
+fn jwks_keys(server: &TestServer) -> Vec<serde_json::Value> {
+    let jwks: serde_json::Value =
+        serde_json::from_str(&curl(server, &[&format!("{}/oidc/jwks", server.issuer())])).unwrap_or_default();
+    jwks["keys"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `kid` of the one published key of `alg` that is not in `old`.
+fn new_kid(keys: &[serde_json::Value], alg: &str, old: &[&str]) -> String {
+    let kids: Vec<&str> = keys
+        .iter()
+        .filter(|k| k["alg"] == alg)
+        .filter_map(|k| k["kid"].as_str())
+        .filter(|k| !old.contains(k))
+        .collect();
+    assert_eq!(kids.len(), 1, "one new {alg} key in {keys:?}");
+    kids[0].to_string()
+}
+
+/// RP-initiated logout with `hint` and no session: a hint that verifies names
+/// the client, so the browser goes back to its registered address (303); a
+/// hint that does not gets an error page (400). Returns "CODE LOCATION".
+fn logout_with_hint(server: &TestServer, hint: &str) -> String {
+    let url = format!(
+        "{}/oidc/logout?id_token_hint={hint}&post_logout_redirect_uri=https%3A%2F%2Fapp.example.org%2Fbye&state=s1",
+        server.issuer()
+    );
+    curl(server, &["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &url])
+}
+
+#[test]
+fn id_tokens_signed_es256_and_eddsa_per_client() {
+    let server = TestServer::start();
+    server.add_user("algalice", "alice-pw-1");
+    let add = |name: &str, alg: Option<&str>| {
+        let mut args = vec![
+            "oidc",
+            "client",
+            "add",
+            name,
+            "--redirect-uri",
+            "https://app.example.org/cb",
+            "--post-logout-redirect-uri",
+            "https://app.example.org/bye",
+        ];
+        args.extend(alg.map(|a| ["--id-token-alg", a]).into_iter().flatten());
+        let out = server.cli(&args, None);
+        out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string()
+    };
+    // Anything but the three algorithms is refused, naming the choices.
+    let out = server.cli_output(
+        &["oidc", "client", "add", "hsapp", "--redirect-uri", "https://app.example.org/cb", "--id-token-alg", "HS256"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HS256") && err.contains("RS256, ES256, EdDSA"), "{err}");
+    let secrets = [("ecapp", "ES256", add("ecapp", Some("ES256"))), ("edapp", "EdDSA", add("edapp", Some("eddsa")))];
+    add("rsapp", None);
+    for (name, alg) in [("ecapp", "ES256"), ("edapp", "EdDSA"), ("rsapp", "RS256")] {
+        let show = server.cli(&["oidc", "client", "show", name], None);
+        assert!(show.contains(&format!("ID token alg:   {alg}\n")), "{show}");
+    }
+    server.settle();
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&curl(&server, &[&format!("{}/.well-known/openid-configuration", server.issuer())]))
+            .expect("discovery JSON");
+    assert_eq!(meta["id_token_signing_alg_values_supported"], serde_json::json!(["RS256", "ES256", "EdDSA"]));
+    // One key per algorithm, each with its JWK shape.
+    let keys = jwks_keys(&server);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for (alg, kty, crv) in [("RS256", "RSA", None), ("ES256", "EC", Some("P-256")), ("EdDSA", "OKP", Some("Ed25519"))] {
+        let key = keys.iter().find(|k| k["alg"] == alg).unwrap_or_else(|| panic!("no {alg} key in {keys:?}"));
+        assert_eq!(key["kty"], kty);
+        assert_eq!(key["use"], "sig");
+        assert_eq!(key["crv"].as_str(), crv);
+    }
+    let first: Vec<String> = ["RS256", "ES256", "EdDSA"].iter().map(|alg| new_kid(&keys, alg, &[])).collect();
+
+    // openid-client, registered with the client's alg, validates the ID token
+    // (signature against the JWKS, then iss, aud, nonce...), and refuses it
+    // when a foreign key of the same type sits under the provider's kid.
+    let mut hints = Vec::new();
+    for (name, alg, secret) in &secrets {
+        let out = openid_client(&server, &[name, secret, "algalice", "alice-pw-1", alg]);
+        assert!(
+            out.status.success(),
+            "openid-client with {alg} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from openid-client");
+        assert_eq!(seen["id_token_header"]["alg"], *alg);
+        assert_eq!(seen["id_token_header"]["kid"], new_kid(&keys, alg, &[]).as_str());
+        assert_eq!(seen["id_token"]["aud"], *name);
+        assert_eq!(seen["id_token"]["preferred_username"], "algalice");
+        assert_eq!(seen["refresh"]["id_token_aud"], *name, "the refreshed ID token validated too");
+        assert_eq!(seen["foreign_key"], "JWT signature verification failed", "{alg}");
+        assert_eq!(seen["foreign_key_refresh"], "JWT signature verification failed", "{alg}");
+        hints.push(seen["id_token_jwt"].as_str().expect("raw ID token").to_string());
+    }
+
+    // Authlib (its own JOSE code) validates both too, and its logout with
+    // the ID token as id_token_hint returns to the client's address.
+    for (name, alg, secret) in &secrets {
+        let flow = code_flow(&server, name, secret, "algalice", "alice-pw-1", "flow");
+        assert_eq!(flow["id_token"]["aud"], *name, "{alg}");
+        assert_eq!(flow["id_token_alg"], *alg);
+        assert_eq!(flow["id_token"]["preferred_username"], "algalice");
+        assert_eq!(flow["logout_redirect"], serde_json::json!([303, "https://app.example.org/bye?state=st8"]), "{alg}");
+    }
+
+    // id_token_hint takes every algorithm, but only with the key's own alg.
+    for hint in &hints {
+        assert_eq!(logout_with_hint(&server, hint), "303 https://app.example.org/bye?state=s1");
+        let (header, rest) = hint.split_once('.').expect("JWS");
+        let header: serde_json::Value = serde_json::from_slice(&base64_url_decode(header)).expect("header JSON");
+        let confused = serde_json::json!({ "typ": "JWT", "alg": "RS256", "kid": header["kid"] });
+        let confused = format!("{}.{rest}", base64_url_encode(confused.to_string().as_bytes()));
+        assert_eq!(logout_with_hint(&server, &confused), "400 ", "header alg must match the key's alg");
+    }
+
+    // Rotation makes a new key for each algorithm; the old ones stay published.
+    let out = server.cli(&["oidc", "key", "rotate"], None);
+    assert_eq!(out.lines().filter(|l| l.starts_with("new ")).count(), 3, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(2), || jwks_keys(&server).len() == 6),
+        "rotated keys not published within 2 s"
+    );
+    let keys = jwks_keys(&server);
+    let published: Vec<&str> = keys.iter().filter_map(|k| k["kid"].as_str()).collect();
+    for kid in &first {
+        assert!(published.contains(&kid.as_str()), "retired key {kid} must stay published: {published:?}");
+    }
+    let old: Vec<&str> = first.iter().map(String::as_str).collect();
+    let second: Vec<String> = ["RS256", "ES256", "EdDSA"].iter().map(|alg| new_kid(&keys, alg, &old)).collect();
+    // Tokens signed by the retired keys still verify.
+    for hint in &hints {
+        assert_eq!(logout_with_hint(&server, hint), "303 https://app.example.org/bye?state=s1");
+    }
+    // --alg rotates one algorithm; the others keep their key.
+    let out = server.cli(&["oidc", "key", "rotate", "--alg", "ES256"], None);
+    assert!(out.contains("new ES256 signing key"), "{out}");
+    assert!(wait_until(Duration::from_secs(2), || jwks_keys(&server).len() == 7), "ES256 rotation not published");
+    let list = server.cli(&["oidc", "key", "list"], None);
+    let active: Vec<&str> = list.lines().filter(|l| l.ends_with("active")).collect();
+    assert_eq!(active.len(), 3, "one active key per algorithm:\n{list}");
+    assert!(active.iter().any(|l| l.starts_with(&second[2])), "EdDSA key unchanged:\n{list}");
+    let (name, alg, secret) = &secrets[0];
+    let out = openid_client(&server, &[name, secret, "algalice", "alice-pw-1", alg]);
+    assert!(out.status.success(), "openid-client after rotation: {}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from openid-client");
+    let newest = new_kid(&jwks_keys(&server), "ES256", &[&first[1], &second[1]]);
+    assert_eq!(seen["id_token_header"]["kid"], newest.as_str(), "new ID tokens use the newest ES256 key");
+}
+
+fn base64_url_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).expect("base64url")
+}
+
+fn base64_url_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// One request that reached the stand-in back-channel endpoint.
+struct Delivered {
+    request_line: String,
+    content_type: String,
+    body: String,
+}
+
+/// A relying party's back-channel logout endpoint: a loopback listener on
+/// its own thread that answers every request 200 and hands it to the test.
+/// It stops by itself after two minutes or once the test drops the receiver.
+fn backchannel_endpoint() -> (u16, std::sync::mpsc::Receiver<Delivered>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the back-channel endpoint");
+    let port = listener.local_addr().expect("address").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            // Headers, then as much body as Content-Length says (bounded).
+            let mut data = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut complete = false;
+            while data.len() < 64 * 1024 && !complete {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => data.extend_from_slice(&chunk[..n]),
+                }
+                let text = String::from_utf8_lossy(&data);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    complete = data.len() >= end + 4 + length;
+                }
+            }
+            let text = String::from_utf8_lossy(&data).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let content_type = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default();
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            let request_line = head.lines().next().unwrap_or("").to_string();
+            if tx.send(Delivered { request_line, content_type, body: body.to_string() }).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// Verifies a JWT against the provider's JWKS (signature, issuer, audience,
+/// expiry) and returns its header and claims.
+fn verify_jwt(server: &TestServer, token: &str, audience: &str) -> (jsonwebtoken::Header, serde_json::Value) {
+    let header = jsonwebtoken::decode_header(token).expect("JWT header");
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&curl(server, &[&format!("{}/oidc/jwks", server.issuer())])).expect("JWKS");
+    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("the signing key is in the JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("decoding key from the JWK");
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[server.issuer()]);
+    validation.set_audience(&[audience]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).expect("JWT verifies");
+    (data.header, data.claims)
+}
+
+#[test]
+fn backchannel_logout_reaches_the_client() {
+    let server = TestServer::start();
+    server.add_user("bcerin", "erin-pw-123");
+    let (port, delivered) = backchannel_endpoint();
+    // A client whose endpoint accepts the connection and never answers: the
+    // provider times out and retries, and no sign-out waits for it.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = format!("http://127.0.0.1:{}/bc", black_hole.local_addr().expect("address").port());
+    let cb = "https://app.example.org/cb";
+    let endpoint = format!("http://127.0.0.1:{port}/backchannel");
+    let add = |name: &str, backchannel: Option<&str>| {
+        let mut args = vec!["oidc", "client", "add", name, "--redirect-uri", cb];
+        if let Some(uri) = backchannel {
+            args.extend(["--backchannel-logout-uri", uri]);
+        }
+        let out = server.cli(&args, None);
+        out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret").to_string()
+    };
+    let secret = add("bcapp", Some(&endpoint));
+    let plain_secret = add("plainapp", None);
+    add("silentapp", Some(&silent));
+    // https is verified against the system's CA roots, which do not hold the
+    // test server's private CA: delivery fails on the certificate.
+    add("tlsapp", Some(&format!("{}/bc", server.issuer())));
+    for bad in ["ftp://app.example.org/bc", "/bc", "https://app.example.org/bc#x"] {
+        let out = server.cli_output(&["oidc", "client", "add", "badbc", "--backchannel-logout-uri", bad], None);
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("invalid back-channel logout URI"), "{bad}: {err}");
+    }
+    let show = server.cli(&["oidc", "client", "show", "bcapp"], None);
+    assert!(show.contains(&format!("back-channel:   {endpoint}")), "{show}");
+    assert!(server.cli(&["oidc", "client", "show", "plainapp"], None).contains("back-channel:   (none)"));
+    server.settle();
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&curl(&server, &[&format!("{}/.well-known/openid-configuration", server.issuer())]))
+            .expect("discovery JSON");
+    assert_eq!(meta["backchannel_logout_supported"], true);
+    assert_eq!(meta["backchannel_logout_session_supported"], true);
+
+    let authorize = |client: &str, extra: &[(&str, &str)]| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs([
+            ("client_id", client),
+            ("redirect_uri", cb),
+            ("response_type", "code"),
+            ("scope", "openid profile"),
+            ("state", "st"),
+            ("nonce", "n-0S6_WzA2Mj"),
+        ]);
+        query.extend_pairs(extra);
+        format!("{}/oidc/authorize?{}", server.issuer(), query.finish())
+    };
+    let sign_in = |browser: &Browser, client: &str, extra: &[(&str, &str)]| -> String {
+        let form = browser.get(&authorize(client, extra));
+        assert_eq!(form.status, 200, "sign-in form: {}", form.body);
+        let done = browser.request(
+            &format!("{}/oidc/signin", server.issuer()),
+            &[
+                ("csrf", &form_field(&form.body, "csrf")),
+                ("request", &form_field(&form.body, "request")),
+                ("username", "bcerin"),
+                ("password", "erin-pw-123"),
+            ],
+        );
+        assert_eq!(done.status, 303, "sign-in: {}\n{}", done.body, server.log());
+        query_of(&done.location).get("code").expect("code").clone()
+    };
+    // Signed in already: straight back with a code.
+    let sso = |browser: &Browser, client: &str| -> String {
+        let page = browser.get(&authorize(client, &[]));
+        assert_eq!(page.status, 303, "{client} SSO: {}", page.body);
+        query_of(&page.location).get("code").expect("code").clone()
+    };
+    let redeem = |client: &str, secret: &str, code: &str| -> serde_json::Value {
+        let body = curl(
+            &server,
+            &[
+                "-u",
+                &format!("{client}:{secret}"),
+                "--data-urlencode",
+                "grant_type=authorization_code",
+                "--data-urlencode",
+                &format!("code={code}"),
+                "--data-urlencode",
+                &format!("redirect_uri={cb}"),
+                &format!("{}/oidc/token", server.issuer()),
+            ],
+        );
+        let tokens: serde_json::Value = serde_json::from_str(&body).expect("token response");
+        let id_token = tokens["id_token"].as_str().unwrap_or_else(|| panic!("no ID token: {body}"));
+        verify_jwt(&server, id_token, client).1
+    };
+    let next_delivery = || delivered.recv_timeout(Duration::from_secs(10)).expect("a back-channel POST within 10 s");
+    let check_logout_token = |got: &Delivered, id: &serde_json::Value| -> String {
+        assert_eq!(got.request_line, "POST /backchannel HTTP/1.1");
+        assert_eq!(got.content_type, "application/x-www-form-urlencoded");
+        let form: Vec<(String, String)> = form_urlencoded::parse(got.body.as_bytes()).into_owned().collect();
+        assert_eq!(form.len(), 1, "only logout_token is sent: {form:?}");
+        assert_eq!(form[0].0, "logout_token");
+        let token = form[0].1.clone();
+        let (header, claims) = verify_jwt(&server, &token, "bcapp");
+        assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
+        assert_eq!(claims["iss"], server.issuer());
+        assert_eq!(claims["aud"], "bcapp");
+        assert_eq!(claims["sub"], id["sub"]);
+        assert_eq!(claims["sid"], id["sid"]);
+        assert_eq!(claims["events"], serde_json::json!({"http://schemas.openid.net/event/backchannel-logout": {}}));
+        assert!(claims.get("nonce").is_none(), "a logout token never carries a nonce: {claims}");
+        assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()), "{claims}");
+        let (iat, exp) = (claims["iat"].as_i64().expect("iat"), claims["exp"].as_i64().expect("exp"));
+        assert!(exp > iat && exp - iat <= 300, "short-lived: {claims}");
+        token
+    };
+
+    // One browser signs in to three clients; the ID tokens share the session's sid.
+    let browser = Browser::new(&server);
+    let id = redeem("bcapp", &secret, &sign_in(&browser, "bcapp", &[]));
+    let sid = id["sid"].as_str().expect("the ID token carries sid").to_string();
+    assert_eq!(id["nonce"], "n-0S6_WzA2Mj");
+    assert_eq!(redeem("plainapp", &plain_secret, &sso(&browser, "plainapp"))["sid"], sid.as_str());
+    sso(&browser, "silentapp");
+    sso(&browser, "tlsapp");
+    let cookies = std::fs::read_to_string(browser.dir.path().join("cookies")).expect("cookie jar");
+    let cookie_value = cookies
+        .lines()
+        .find(|l| l.contains("__Host-portcullis_session"))
+        .and_then(|l| l.split('\t').next_back())
+        .expect("session cookie")
+        .to_string();
+    assert_ne!(sid, cookie_value, "sid is not the session cookie");
+    assert!(!sid.contains(&cookie_value) && !cookie_value.contains(&sid));
+    // Signing in again as the same user (prompt=login) keeps the session: same sid.
+    let again = redeem("bcapp", &secret, &sign_in(&browser, "bcapp", &[("prompt", "login")]));
+    assert_eq!(again["sid"], sid.as_str(), "re-authentication keeps the session id");
+
+    // RP-initiated logout: the page answers at once; bcapp gets a verified
+    // logout token, plainapp (no URI) nothing, silentapp's timeouts are logged.
+    let id_token_hint = {
+        let code = sso(&browser, "bcapp");
+        let body = curl(
+            &server,
+            &[
+                "-u",
+                &format!("bcapp:{secret}"),
+                "--data-urlencode",
+                "grant_type=authorization_code",
+                "--data-urlencode",
+                &format!("code={code}"),
+                "--data-urlencode",
+                &format!("redirect_uri={cb}"),
+                &format!("{}/oidc/token", server.issuer()),
+            ],
+        );
+        let tokens: serde_json::Value = serde_json::from_str(&body).expect("token response");
+        tokens["id_token"].as_str().expect("ID token").to_string()
+    };
+    let started = std::time::Instant::now();
+    let out = browser.get(&format!("{}/oidc/logout?id_token_hint={id_token_hint}", server.issuer()));
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.body.contains("You are signed out"), "{}", out.body);
+    assert!(started.elapsed() < Duration::from_secs(3), "sign-out waited on a client: {:?}", started.elapsed());
+    let token = check_logout_token(&next_delivery(), &id);
+    let ended = browser.get(&authorize("bcapp", &[("prompt", "none")]));
+    assert_eq!(query_of(&ended.location).get("error").map(String::as_str), Some("login_required"));
+    assert!(
+        wait_until(Duration::from_secs(20), || server.log().matches("back-channel logout not delivered").count() == 2),
+        "silentapp's and tlsapp's failures are not logged:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(log.contains("back-channel logout delivered"), "{log}");
+    let failures = |client: &str| log.lines().filter(|l| l.contains(client) && l.contains("logout failed")).count();
+    assert_eq!(failures("silentapp"), 2, "one retry at most:\n{log}");
+    assert_eq!(failures("tlsapp"), 2, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("tlsapp") && l.contains("certificate")),
+        "an untrusted certificate is refused:\n{log}"
+    );
+    assert!(!log.contains(&token) && !log.contains("eyJ"), "a token reached the log:\n{log}");
+
+    // A session revoked from "my account" in another browser is told too.
+    let laptop = Browser::new(&server);
+    let id = redeem("bcapp", &secret, &sign_in(&laptop, "bcapp", &[]));
+    assert_ne!(id["sid"], sid.as_str(), "a new session, a new sid");
+    let phone = Browser::new(&server);
+    let form = phone.get(&format!("{}/account", server.issuer()));
+    let signed_in = phone.request(
+        &format!("{}/account/signin", server.issuer()),
+        &[("csrf", &form_field(&form.body, "csrf")), ("username", "bcerin"), ("password", "erin-pw-123")],
+    );
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let account = phone.get(&format!("{}/account", server.issuer()));
+    let other = account.body.split("<li>").find(|li| li.contains("name=\"id\"") && !li.contains("(this browser)"));
+    let other = other.unwrap_or_else(|| panic!("the laptop's session is listed: {}", account.body));
+    let revoked = phone.request(
+        &format!("{}/account/sessions/revoke", server.issuer()),
+        &[("csrf", &form_field(&account.body, "csrf")), ("id", &form_field(other, "id"))],
+    );
+    assert_eq!(revoked.status, 303, "{}", revoked.body);
+    check_logout_token(&next_delivery(), &id);
+
+    // Signing out on the account page ends the session and tells its clients.
+    let id = redeem("bcapp", &secret, &sso(&phone, "bcapp"));
+    let account = phone.get(&format!("{}/account", server.issuer()));
+    let out =
+        phone.request(&format!("{}/account/signout", server.issuer()), &[("csrf", &form_field(&account.body, "csrf"))]);
+    assert_eq!(out.status, 200, "{}", out.body);
+    check_logout_token(&next_delivery(), &id);
+
+    // Nothing else was sent: one POST per ended session, to bcapp only.
+    assert!(delivered.recv_timeout(Duration::from_millis(1500)).is_err(), "unexpected extra back-channel request");
+    drop(black_hole);
 }

@@ -4,7 +4,7 @@ with Authlib's own JOSE code, userinfo, single sign-on with prompt=none, and
 the refusals a provider owes its clients.
 
 Usage: authlib_code_flow.py ISSUER CA_FILE CLIENT_ID CLIENT_SECRET USER PASSWORD MODE
-MODE: flow | denied | negatives | consent
+MODE: flow | denied | negatives | consent | expired | forwarded
 Prints one JSON line with what it saw; exits non-zero on any failure.
 """
 
@@ -104,6 +104,38 @@ if mode == "consent":
     print(json.dumps(out))
     sys.exit(0)
 
+if mode == "expired":
+    # The server runs with http.code_ttl_secs = 1: a code redeemed at once
+    # works, one redeemed after 2.5 s is refused.
+    loc, q = code_from(sign_in(browser, page, user, password))
+    out["fresh_code"] = "id_token" in session.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=verifier)
+    s2 = new_session()
+    page, v2, _, _ = start(browser, s2, prompt="login")
+    loc, q = code_from(sign_in(browser, page, user, password))
+    import time
+    time.sleep(2.5)
+    try:
+        s2.fetch_token(meta["token_endpoint"], authorization_response=loc, code_verifier=v2)
+        out["expired_code"] = "accepted"
+    except Exception as e:
+        out["expired_code"] = str(e)
+    print(json.dumps(out))
+    sys.exit(0)
+
+if mode == "forwarded":
+    # The server trusts 127.0.0.1 as a proxy and locks a source out after 3
+    # failures: X-Forwarded-For decides whose failures they are.
+    def attempt(ip, pw):
+        b = requests.Session()
+        b.headers["X-Forwarded-For"] = ip
+        p, _, _, _ = start(b, new_session())
+        return sign_in(b, p, user, pw).status_code
+    out["failures"] = [attempt("203.0.113.7", "wrong-password") for _ in range(3)]
+    out["locked_source_right_password"] = attempt("203.0.113.7", password)
+    out["other_source_right_password"] = attempt("203.0.113.8", password)
+    print(json.dumps(out))
+    sys.exit(0)
+
 if mode == "negatives":
     # Wrong password: the form again, 401, no redirect.
     resp = sign_in(browser, page, user, "wrong-password")
@@ -171,6 +203,7 @@ claims = jwt.decode(token["id_token"], keys, claims_options={
 })
 claims.validate()
 out["id_token"] = dict(claims)
+out["id_token_alg"] = claims.header["alg"]
 out["userinfo"] = session.get(meta["userinfo_endpoint"]).json()
 
 

@@ -7,18 +7,22 @@
 // both tokens, refreshes (rotation, ID token checked again), replays the spent
 // refresh token (which revokes the family), and revokes the SSO flow's tokens.
 //
-// Usage: node code_flow.mjs ISSUER CLIENT_ID CLIENT_SECRET USER PASSWORD
+// Usage: node code_flow.mjs ISSUER CLIENT_ID CLIENT_SECRET USER PASSWORD [ID_TOKEN_ALG]
+// ID_TOKEN_ALG (RS256, ES256, EdDSA) is registered as the client's
+// id_token_signed_response_alg: openid-client then accepts only that alg.
 // Trust the provider's CA with NODE_EXTRA_CA_CERTS (read at process start).
 // Prints one JSON line with what it saw; exits non-zero on any failure.
 
 import { generateKeyPairSync } from 'node:crypto';
 import * as client from 'openid-client';
 
-const [issuer, clientId, secret, user, password] = process.argv.slice(2);
+const [issuer, clientId, secret, user, password, idTokenAlg] = process.argv.slice(2);
 if (!password) {
-  console.error('usage: node code_flow.mjs ISSUER CLIENT_ID CLIENT_SECRET USER PASSWORD');
+  console.error('usage: node code_flow.mjs ISSUER CLIENT_ID CLIENT_SECRET USER PASSWORD [ID_TOKEN_ALG]');
   process.exit(2);
 }
+// Client metadata as registered with the provider.
+const metadata = idTokenAlg ? { id_token_signed_response_alg: idTokenAlg } : undefined;
 const REDIRECT = 'https://app.example.org/cb';
 const SCOPE = 'openid profile email groups offline_access';
 
@@ -107,7 +111,7 @@ async function authorize(config) {
 async function main() {
   const out = {};
   // Discovery; the Configuration checks that the metadata's issuer is ours.
-  const config = await client.discovery(new URL(issuer), clientId, undefined, client.ClientSecretBasic(secret));
+  const config = await client.discovery(new URL(issuer), clientId, metadata, client.ClientSecretBasic(secret));
   const meta = config.serverMetadata();
   // Without this, openid-client trusts an ID token from the token endpoint on
   // TLS alone; with it, the signature is checked against jwks_uri.
@@ -120,6 +124,7 @@ async function main() {
   const tokens = await client.authorizationCodeGrant(config, first.callback, first.checks);
   out.id_token = tokens.claims();
   out.id_token_header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url'));
+  out.id_token_jwt = tokens.id_token;
   out.userinfo = await client.fetchUserInfo(config, tokens.access_token, out.id_token.sub);
   out.scope = tokens.scope;
   out.refresh_token_issued = typeof tokens.refresh_token === 'string' && tokens.refresh_token.length > 0;
@@ -145,7 +150,7 @@ async function main() {
   out.after_reuse_userinfo = await refusal(client.fetchUserInfo(config, refreshed.access_token, out.id_token.sub));
 
   // Single sign-on with the browser's session, client_secret_post this time.
-  const post = new client.Configuration(meta, clientId, undefined, client.ClientSecretPost(secret));
+  const post = new client.Configuration(meta, clientId, metadata, client.ClientSecretPost(secret));
   client.enableNonRepudiationChecks(post);
   const sso = await authorize(post);
   out.sso_signed_in_again = sso.signedIn;
@@ -162,16 +167,19 @@ async function main() {
   out.revoked_userinfo = await refusal(client.fetchUserInfo(post, ssoTokens.access_token, out.sso_sub));
   out.revoked_refresh = await refusal(client.refreshTokenGrant(post, ssoTokens.refresh_token));
 
-  // A JWKS with a foreign RSA key under the provider's kid: the ID token's
+  // A JWKS with a foreign key of the same type under each of the provider's kids: the ID token's
   // signature no longer verifies, so the token response must be refused.
   // Without enableNonRepudiationChecks the same flow passes (the JWKS is
   // never fetched): that is why the option is set above. The same holds for
   // the ID token of a refresh.
   const real = await (await fetch(meta.jwks_uri)).json();
-  const foreignKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ format: 'jwk' });
-  const foreign = { keys: real.keys.map((k) => ({ ...foreignKey, kid: k.kid, alg: k.alg, use: k.use })) };
+  const foreignKey = (k) => {
+    const [type, options] = { RSA: ['rsa', { modulusLength: 2048 }], EC: ['ec', { namedCurve: 'P-256' }], OKP: ['ed25519', {}] }[k.kty];
+    return generateKeyPairSync(type, options).publicKey.export({ format: 'jwk' });
+  };
+  const foreign = { keys: real.keys.map((k) => ({ ...foreignKey(k), kid: k.kid, alg: k.alg, use: k.use })) };
   const forgedConfig = (key, nonRepudiation) => {
-    const forged = new client.Configuration(meta, clientId, undefined, client.ClientSecretBasic(secret));
+    const forged = new client.Configuration(meta, clientId, metadata, client.ClientSecretBasic(secret));
     out[`${key}_jwks_fetched`] = false;
     forged[client.customFetch] = (url, options) => {
       if (url !== meta.jwks_uri) return fetch(url, options);
