@@ -18,6 +18,8 @@ use crate::store::Store;
 /// How often the server checks the store for changes made by the CLI or
 /// another process.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+/// How often expired sessions, codes and refresh tokens are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Name of the service account created with a printed password on first start.
 pub const BOOTSTRAP_ACCOUNT: &str = "admin";
@@ -113,10 +115,18 @@ async fn open_provider(config: &Config, identity: &Identity) -> anyhow::Result<P
 async fn refresh(identity: Arc<Identity>, provider: Option<ProviderParts>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(REFRESH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
+        }
+        if last_prune.elapsed() >= PRUNE_INTERVAL {
+            last_prune = std::time::Instant::now();
+            match identity.store.prune_expired(identity.clock.now()).await {
+                Ok(n) => tracing::debug!(rows = n, "expired sign-in state pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning expired sign-in state failed"),
+            }
         }
         match identity.reload_if_changed().await {
             Ok(true) => {

@@ -447,6 +447,34 @@ impl Store {
     }
 }
 
+/// How long spent or expired codes are kept after expiry, so a late reuse
+/// is still recognised (and revokes what the first use produced).
+const CODE_KEEP_SECS: i64 = 3600;
+
+impl Store {
+    /// Deletes sign-in state nobody can use any more: expired sessions (with
+    /// their client lists), codes an hour past expiry, expired refresh
+    /// tokens, and revocation marks older than any token they could stop.
+    /// Returns how many rows went.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn prune_expired(&self, now: i64) -> StoreResult<u64> {
+        let mut gone = 0;
+        let family_horizon = now - crate::oidc::REFRESH_TOKEN_SECS - 24 * 3600;
+        let statements: [(&str, i64); 4] = [
+            ("DELETE FROM web_sessions WHERE expires_at <= ?", now),
+            ("DELETE FROM auth_codes WHERE expires_at <= ?", now - CODE_KEEP_SECS),
+            ("DELETE FROM refresh_tokens WHERE expires_at <= ?", now),
+            ("DELETE FROM revoked_families WHERE revoked_at <= ?", family_horizon),
+        ];
+        for (sql, cutoff) in statements {
+            gone += sqlx::query(sql).bind(cutoff).execute(self.pool()).await?.rows_affected();
+        }
+        Ok(gone)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,6 +515,40 @@ mod tests {
         assert_eq!((ended.user_id.as_str(), ended.sid.as_str()), (alice.id.as_str(), "sid-1"));
         assert_eq!(ended.clients, ["chat", "wiki"]);
         assert!(store.end_session("h2", None).await.unwrap().is_none(), "ended once");
+    }
+
+    /// Pruning removes only what has expired.
+    #[tokio::test]
+    async fn prune_keeps_live_state() {
+        let store = Store::open_in_memory().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let config = DirectoryConfig::default();
+        let alice = tx
+            .add_user(NewUser { name: "alice".into(), ..Default::default() }, &config, &Actor::system())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        store.insert_session("old", &alice.id, "sid-old", 0, 100).await.unwrap();
+        store.insert_session("new", &alice.id, "sid-new", 0, 10_000).await.unwrap();
+        let grant = |expires_at| RefreshGrant {
+            family_id: "fam".into(),
+            client_name: "c".into(),
+            user_id: alice.id.clone(),
+            scope: "openid".into(),
+            auth_time: 0,
+            expires_at,
+            sid: None,
+        };
+        store.insert_refresh("dead", &grant(100)).await.unwrap();
+        store.insert_refresh("live", &grant(10_000)).await.unwrap();
+        store.revoke_family("fam", 0).await.unwrap();
+        assert_eq!(store.prune_expired(200).await.unwrap(), 2, "one session, one refresh token");
+        assert!(store.session("new", 200).await.unwrap().is_some());
+        assert!(store.live_refresh("live", 200).await.unwrap().is_none(), "still revoked");
+        assert!(store.family_revoked("fam").await.unwrap(), "revocation outlives the tokens it stops");
+        let much_later = 40 * 24 * 3600;
+        store.prune_expired(much_later).await.unwrap();
+        assert!(!store.family_revoked("fam").await.unwrap(), "old revocations go eventually");
     }
 
     /// Concurrent redemptions on a file-backed (WAL) store: each token is

@@ -1045,7 +1045,7 @@ fn backchannel_logout_reaches_the_client() {
         assert_eq!(page.status, 303, "{client} SSO: {}", page.body);
         query_of(&page.location).get("code").expect("code").clone()
     };
-    let redeem = |client: &str, secret: &str, code: &str| -> serde_json::Value {
+    let token_response = |client: &str, secret: &str, code: &str| -> serde_json::Value {
         let body = curl(
             &server,
             &[
@@ -1060,8 +1060,11 @@ fn backchannel_logout_reaches_the_client() {
                 &format!("{}/oidc/token", server.issuer()),
             ],
         );
-        let tokens: serde_json::Value = serde_json::from_str(&body).expect("token response");
-        let id_token = tokens["id_token"].as_str().unwrap_or_else(|| panic!("no ID token: {body}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("token response: {e}: {body}"))
+    };
+    let redeem = |client: &str, secret: &str, code: &str| -> serde_json::Value {
+        let tokens = token_response(client, secret, code);
+        let id_token = tokens["id_token"].as_str().unwrap_or_else(|| panic!("no ID token: {tokens}"));
         verify_jwt(&server, id_token, client).1
     };
     let next_delivery = || delivered.recv_timeout(Duration::from_secs(10)).expect("a back-channel POST within 10 s");
@@ -1111,22 +1114,7 @@ fn backchannel_logout_reaches_the_client() {
     // logout token, plainapp (no URI) nothing, silentapp's timeouts are logged.
     let id_token_hint = {
         let code = sso(&browser, "bcapp");
-        let body = curl(
-            &server,
-            &[
-                "-u",
-                &format!("bcapp:{secret}"),
-                "--data-urlencode",
-                "grant_type=authorization_code",
-                "--data-urlencode",
-                &format!("code={code}"),
-                "--data-urlencode",
-                &format!("redirect_uri={cb}"),
-                &format!("{}/oidc/token", server.issuer()),
-            ],
-        );
-        let tokens: serde_json::Value = serde_json::from_str(&body).expect("token response");
-        tokens["id_token"].as_str().expect("ID token").to_string()
+        token_response("bcapp", &secret, &code)["id_token"].as_str().expect("ID token").to_string()
     };
     let started = std::time::Instant::now();
     let out = browser.get(&format!("{}/oidc/logout?id_token_hint={id_token_hint}", server.issuer()));
