@@ -183,20 +183,26 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a code used and returns it: `None` if it does not exist, else
-    /// `Some((grant, first_use))`, where `first_use` is false when the code
-    /// had already been redeemed.
+    /// Marks a code used, starting token family `new_family` for what it
+    /// issues, and returns it: `None` if it does not exist, else
+    /// `Some((grant, family, first_use))`. On a second use `first_use` is
+    /// false and `family` is the one the first use started (to revoke).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn redeem_code(&self, code_hash: &str) -> StoreResult<Option<(CodeGrant, bool)>> {
+    pub async fn redeem_code(
+        &self,
+        code_hash: &str,
+        new_family: &str,
+    ) -> StoreResult<Option<(CodeGrant, String, bool)>> {
         // One statement claims the code: no read-then-write transaction,
         // which SQLite would refuse under concurrent writers (SQLITE_BUSY).
         const COLUMNS: &str =
-            "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, sid";
+            "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, sid, family_id";
         let claimed = sqlx::query(&format!(
-            "UPDATE auth_codes SET used = TRUE WHERE code_hash = ? AND used = FALSE RETURNING {COLUMNS}"
+            "UPDATE auth_codes SET used = TRUE, family_id = ? WHERE code_hash = ? AND used = FALSE RETURNING {COLUMNS}"
         ))
+        .bind(new_family)
         .bind(code_hash)
         .fetch_optional(self.pool())
         .await?;
@@ -224,7 +230,8 @@ impl Store {
             expires_at: row.get(7),
             sid: row.get(8),
         };
-        Ok(Some((grant, first_use)))
+        let family: Option<String> = row.get(9);
+        Ok(Some((grant, family.unwrap_or_default(), first_use)))
     }
 }
 
@@ -266,31 +273,6 @@ pub enum RefreshOutcome {
 }
 
 impl Store {
-    /// Records which token family an authorization code started.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn set_code_family(&self, code_hash: &str, family_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE auth_codes SET family_id = ? WHERE code_hash = ?")
-            .bind(family_id)
-            .bind(code_hash)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// The token family an authorization code started, if any.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn code_family(&self, code_hash: &str) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT family_id FROM auth_codes WHERE code_hash = ?")
-            .bind(code_hash)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.and_then(|r| r.get(0)))
-    }
-
     /// Stores a new refresh token.
     ///
     /// # Errors

@@ -170,13 +170,14 @@ async fn authorization_code(
     let code = form.code.as_deref().ok_or(OAuthError(TokenError::InvalidRequest, "code is required"))?;
     let code_hash = crate::oidc::hash_client_secret(code);
     let store = &state.identity.store;
-    let redeemed = store.redeem_code(&code_hash).await.map_err(internal)?;
+    let family = uuid::Uuid::new_v4().to_string();
+    let redeemed = store.redeem_code(&code_hash, &family).await.map_err(internal)?;
     let invalid = |why| OAuthError(TokenError::InvalidGrant, why);
-    let Some((grant, first_use)) = redeemed else { return Err(invalid("unknown code")) };
+    let Some((grant, family, first_use)) = redeemed else { return Err(invalid("unknown code")) };
     if !first_use {
         // RFC 6749 §4.1.2: revoke what the first redemption produced.
         tracing::warn!(client = %client.name, "authorization code reused; revoking its tokens");
-        if let Some(family) = store.code_family(&code_hash).await.map_err(internal)? {
+        if !family.is_empty() {
             store.revoke_family(&family, now).await.map_err(internal)?;
         }
         return Err(invalid("code already used"));
@@ -197,8 +198,6 @@ async fn authorization_code(
         (None, None) if client.secret_hash.is_none() => return Err(invalid("public clients must use PKCE")),
         (None, None) => {}
     }
-    let family = uuid::Uuid::new_v4().to_string();
-    store.set_code_family(&code_hash, &family).await.map_err(internal)?;
     let issue = Issue {
         user_id: &grant.user_id,
         scope: &grant.scope,
