@@ -20,6 +20,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub http: HttpConfig,
+    pub push: PushConfig,
+    pub mfa: crate::mfa::MfaConfig,
 }
 
 /// The HTTPS listener (OpenID provider; later the web UI and admin API).
@@ -146,6 +148,233 @@ pub struct TlsConfig {
     pub hostnames: Vec<String>,
 }
 
+/// A secret configuration value (API key, shared secret): its `Debug` shows
+/// only that it is set, so a logged config never reveals it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Push notifications that ask a user's device to approve a sign-in. Every
+/// sender is off until its keys are configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Sends per push: the first one plus retries after 429, 5xx or network
+    /// errors (never after "unregistered" or other refusals).
+    pub max_attempts: u32,
+    /// Pause before the first retry; it doubles with each retry up to
+    /// `max_backoff_ms`. A Retry-After from the push service is honoured.
+    pub initial_backoff_ms: u64,
+    /// Longest pause between two attempts.
+    pub max_backoff_ms: u64,
+    pub apns: ApnsConfig,
+    pub fcm: FcmConfig,
+    pub webpush: WebPushConfig,
+    pub webhook: WebhookConfig,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 8000,
+            apns: ApnsConfig::default(),
+            fcm: FcmConfig::default(),
+            webpush: WebPushConfig::default(),
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+/// Apple Push Notification service, token-based (a `.p8` signing key).
+/// Enabled when `key_file` is set; `team_id`, `key_id` and `topic` must then be set too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// `https://api.push.apple.com`, or `https://api.sandbox.push.apple.com`
+    /// for development builds of the app.
+    pub base_url: String,
+    /// The Apple developer team id (the provider token's `iss`).
+    pub team_id: Option<String>,
+    /// The id of the signing key (the provider token's `kid`).
+    pub key_id: Option<String>,
+    /// The `AuthKey_KEYID.p8` file (PKCS#8 PEM, P-256).
+    pub key_file: Option<PathBuf>,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: Option<String>,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.push.apple.com".into(),
+            team_id: None,
+            key_id: None,
+            key_file: None,
+            topic: None,
+        }
+    }
+}
+
+/// Firebase Cloud Messaging, HTTP v1 API. Enabled when
+/// `service_account_file` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The FCM API's base URL.
+    pub base_url: String,
+    /// The service account's JSON key file (from the Firebase console); it
+    /// names the project, the OAuth token endpoint and the signing key.
+    pub service_account_file: Option<PathBuf>,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        Self { base_url: "https://fcm.googleapis.com".into(), service_account_file: None }
+    }
+}
+
+/// Web Push (RFC 8030/8291/8292) to browsers. Enabled when `subject` is set;
+/// the VAPID key pair is generated on first use (`DATA_DIR/vapid.sealed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebPushConfig {
+    /// Contact for push services (VAPID `sub`): `mailto:` or `https:` URL.
+    pub subject: Option<String>,
+    /// Hosts a subscription's endpoint may name; a leading dot matches any
+    /// subdomain. Keeps a registered "subscription" from making the server
+    /// POST to arbitrary hosts. Empty allows any https endpoint.
+    pub allowed_endpoint_hosts: Vec<String>,
+}
+
+impl Default for WebPushConfig {
+    fn default() -> Self {
+        Self {
+            subject: None,
+            allowed_endpoint_hosts: vec![
+                "fcm.googleapis.com".into(),
+                "updates.push.services.mozilla.com".into(),
+                "web.push.apple.com".into(),
+                ".notify.windows.com".into(),
+            ],
+        }
+    }
+}
+
+/// How the webhook sender talks to its URL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookMode {
+    /// POST the challenge id, signed with HMAC-SHA256; the decision comes back separately.
+    #[default]
+    Generic,
+    /// The existing push-approval service's `send-notification` contract,
+    /// whose response is the decision.
+    Compat,
+}
+
+/// An external notification service. Enabled when `url` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// In generic mode the URL POSTed to; in compat mode the service's base
+    /// URL (`/send-notification` is appended). https, or http to loopback.
+    pub url: Option<String>,
+    pub mode: WebhookMode,
+    /// Generic mode: the HMAC-SHA256 key (at least 16 bytes) for the
+    /// `X-Portcullis-Signature` header. Or `secret_file`.
+    pub secret: Option<Secret>,
+    /// A file holding `secret` (surrounding whitespace ignored).
+    pub secret_file: Option<PathBuf>,
+    /// Compat mode: `apikey` sent in the body when the service forces auth.
+    pub apikey: Option<Secret>,
+    /// Compat mode: `client_id` sent with the `apikey`.
+    pub client_id: Option<String>,
+    /// Longest wait for the service's answer (the old service holds a
+    /// request up to 25 s); the sign-in's own deadline may cut it shorter.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            mode: WebhookMode::Generic,
+            secret: None,
+            secret_file: None,
+            apikey: None,
+            client_id: None,
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl PushConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_attempts == 0 || self.max_attempts > 20 {
+            anyhow::bail!("push.max_attempts must be between 1 and 20");
+        }
+        if self.initial_backoff_ms == 0 || self.max_backoff_ms < self.initial_backoff_ms {
+            anyhow::bail!("push.initial_backoff_ms must be above 0 and at most push.max_backoff_ms");
+        }
+        for (key, url) in [("push.apns.base_url", &self.apns.base_url), ("push.fcm.base_url", &self.fcm.base_url)] {
+            if !url.starts_with("https://") {
+                anyhow::bail!("{key} must be an https:// URL");
+            }
+        }
+        let a = &self.apns;
+        if a.key_file.is_some() && (a.team_id.is_none() || a.key_id.is_none() || a.topic.is_none()) {
+            anyhow::bail!("push.apns.key_file needs push.apns.team_id, key_id and topic");
+        }
+        if let Some(subject) = &self.webpush.subject {
+            if !subject.starts_with("mailto:") && !subject.starts_with("https://") {
+                anyhow::bail!("push.webpush.subject must be a mailto: or https: URL");
+            }
+        }
+        let w = &self.webhook;
+        if let Some(url) = &w.url {
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
+            if !url.starts_with("https://") && !loopback {
+                anyhow::bail!("push.webhook.url must be an https:// URL (http:// only to loopback)");
+            }
+            if w.secret.is_some() && w.secret_file.is_some() {
+                anyhow::bail!("push.webhook.secret and push.webhook.secret_file are exclusive");
+            }
+            if w.mode == WebhookMode::Generic && w.secret.is_none() && w.secret_file.is_none() {
+                anyhow::bail!("push.webhook in generic mode needs a secret or secret_file");
+            }
+            if w.secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+                anyhow::bail!("push.webhook.secret must be at least 16 bytes");
+            }
+            if w.timeout_secs == 0 {
+                anyhow::bail!("push.webhook.timeout_secs must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -155,6 +384,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
+            push: PushConfig::default(),
+            mfa: crate::mfa::MfaConfig::default(),
         }
     }
 }
@@ -245,6 +476,7 @@ impl Config {
         if self.http.max_concurrent_requests == 0 {
             anyhow::bail!("http.max_concurrent_requests must be at least 1");
         }
+        self.push.validate()?;
         crate::directory::dn::Dn::parse(&self.ldap.base_dn)
             .map_err(|e| anyhow::anyhow!("ldap.base_dn is not a valid DN: {e}"))?;
         Ok(())
@@ -281,5 +513,22 @@ mod tests {
         std::fs::write(&file, "[ldap]\nbase_dn = \"not a dn\"\n").unwrap();
         assert!(Config::load(Some(&file)).is_err());
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+        for bad in [
+            "[push.apns]\nkey_file = \"/k.p8\"\n",
+            "[push.webhook]\nurl = \"http://example.org/hook\"\nsecret = \"0123456789abcdef\"\n",
+            "[push.webhook]\nurl = \"https://example.org/hook\"\n",
+            "[push.webhook]\nurl = \"https://example.org/hook\"\nsecret = \"short\"\n",
+            "[push.webpush]\nsubject = \"admin@example.org\"\n",
+            "[push]\nmax_attempts = 0\n",
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(Config::load(Some(&file)).is_err(), "accepted: {bad}");
+        }
+        std::fs::write(&file, "[push.webhook]\nurl = \"http://127.0.0.1:9/\"\nmode = \"compat\"\napikey = \"k-123\"\n")
+            .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.push.webhook.mode, WebhookMode::Compat);
+        assert_eq!(c.push.webhook.apikey.as_ref().map(Secret::expose), Some("k-123"));
+        assert!(!format!("{c:?}").contains("k-123"), "a secret reached Debug output");
     }
 }

@@ -46,6 +46,8 @@ pub struct Identity {
     pub hasher: Hasher,
     pub lockout: Lockout,
     pub clock: SharedClock,
+    /// Second factors: policy, challenges, TOTP, recovery codes.
+    pub mfa: crate::mfa::Mfa,
     /// Verified against when the DN is unknown, so timing does not reveal which accounts exist.
     dummy_hash: String,
 }
@@ -69,7 +71,17 @@ impl Identity {
             source_max_failures: a.source_max_failures.max(1),
             source_lock_secs: i64::try_from(a.source_lockout_secs).unwrap_or(i64::MAX),
         });
-        Ok(Arc::new(Self { directory: Directory::new(snapshot), config, store, hasher, lockout, clock, dummy_hash }))
+        let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), Arc::clone(&clock), config.data_dir.clone());
+        Ok(Arc::new(Self {
+            directory: Directory::new(snapshot),
+            config,
+            store,
+            hasher,
+            lockout,
+            clock,
+            mfa,
+            dummy_hash,
+        }))
     }
 
     /// Rebuilds the snapshot if the store changed since it was built.

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod identity;
 pub mod import;
 pub mod ldap;
+pub mod mfa;
 pub mod model;
 pub mod oidc;
 pub mod outbound;

@@ -1,10 +1,11 @@
 //! Outbound HTTP: the one client the server uses to call other machines
-//! (back-channel logout today; push notifications and Proxmox later). Built
-//! once at start-up and shared, so connections and TLS sessions are reused.
+//! (back-channel logout, push notifications; Proxmox later). Built once at
+//! start-up and shared, so connections and TLS sessions are reused.
 //!
 //! This is the only module that names `reqwest`. It sends what its callers
 //! give it and logs nothing itself: callers log with their own context, and
-//! request bodies (which may carry tokens) never reach a log.
+//! request bodies (which may carry tokens) never reach a log. Errors never
+//! carry the URL (push URLs hold device tokens).
 
 use std::time::Duration;
 
@@ -35,6 +36,37 @@ impl std::fmt::Display for OutboundError {
 
 impl std::error::Error for OutboundError {}
 
+impl OutboundError {
+    /// Whether the request ran out of its time budget (as opposed to a
+    /// refused connection or a TLS failure).
+    pub fn is_timeout(&self) -> bool {
+        self.0.is_timeout()
+    }
+}
+
+/// Largest response body [`HttpClient::post`] reads; the rest is dropped, so
+/// a peer cannot make the server buffer without bound.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A response to [`HttpClient::post`]: status, headers and the first
+/// [`MAX_RESPONSE_BYTES`] of the body.
+#[derive(Debug)]
+pub struct Response {
+    /// The HTTP status code.
+    pub status: u16,
+    headers: reqwest::header::HeaderMap,
+    /// The body, cut at [`MAX_RESPONSE_BYTES`].
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive), if present and
+    /// visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 impl HttpClient {
     /// Builds the client. Redirects are not followed: a server-to-server call
     /// goes exactly where it was configured to go.
@@ -42,14 +74,66 @@ impl HttpClient {
     /// # Errors
     /// The TLS configuration cannot be built.
     pub fn new() -> anyhow::Result<Self> {
+        Self::build(Vec::new())
+    }
+
+    /// Like [`HttpClient::new`], but also trusts the CA certificates in
+    /// `extra_ca_pem` (one or more PEM certificates) besides the system's
+    /// roots: for services behind a private CA, and for tests.
+    ///
+    /// # Errors
+    /// No certificate in `extra_ca_pem`, or the TLS configuration cannot be built.
+    pub fn with_extra_roots(extra_ca_pem: &[u8]) -> anyhow::Result<Self> {
+        let certs = reqwest::Certificate::from_pem_bundle(extra_ca_pem)
+            .map_err(|e| anyhow::anyhow!("invalid CA certificate: {e}"))?;
+        if certs.is_empty() {
+            anyhow::bail!("no CA certificate in the given PEM");
+        }
+        Self::build(certs)
+    }
+
+    fn build(extra_roots: Vec<reqwest::Certificate>) -> anyhow::Result<Self> {
         let inner = reqwest::Client::builder()
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
+            .tls_certs_merge(extra_roots)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the outbound HTTP client: {e}"))?;
         Ok(Self { inner })
+    }
+
+    /// POSTs `body` with `headers` to `url` and returns the status, headers
+    /// and at most [`MAX_RESPONSE_BYTES`] of the response body. The whole
+    /// exchange, body included, is bounded by `timeout`. HTTP/2 is used when
+    /// the server offers it in ALPN (APNs requires it).
+    ///
+    /// # Errors
+    /// Invalid URL or header, connection or TLS failure, or timeout.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Response, OutboundError> {
+        let mut request = self.inner.post(url).timeout(timeout).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.send().await.map_err(|e| OutboundError(e.without_url()))?;
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| OutboundError(e.without_url()))? {
+            let room = MAX_RESPONSE_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() == MAX_RESPONSE_BYTES {
+                break;
+            }
+        }
+        Ok(Response { status, headers, body })
     }
 
     /// POSTs `pairs` as `application/x-www-form-urlencoded` to `url` and

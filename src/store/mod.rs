@@ -6,6 +6,7 @@
 //!
 //! **Architecture Invariant:** nothing outside `store/` names sqlx types.
 
+mod mfa;
 mod oidc;
 mod signin;
 mod write;
@@ -19,6 +20,7 @@ use sqlx::{Row, SqlitePool};
 
 use crate::model::{AuditEntry, Group, Kind, ServiceAccount, User};
 
+pub use mfa::{MfaDevice, TotpRecord};
 pub use signin::{CodeGrant, EndedSession, LiveSession, RefreshGrant, RefreshOutcome, SessionInfo};
 pub use write::{NewGroup, NewUser, WriteTx};
 

@@ -1,0 +1,314 @@
+//! Second factors: push approval on enrolled devices (with number matching
+//! for web sign-ins), TOTP, recovery codes; the policy that says who needs
+//! them. Protocol front ends (LDAP binds, web sign-in) ask [`Mfa`]; the
+//! device API and push senders talk to it; it names no protocol type.
+
+pub mod challenge;
+pub mod device;
+pub mod recovery;
+pub mod totp;
+
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::SharedClock;
+use crate::directory::{Account, AccountKind, Snapshot};
+use crate::store::{MfaDevice, Store, StoreError, StoreResult};
+use challenge::{AnswerError, Challenge, ChallengeRequest, Challenges, Outcome, Refusal, Ticket};
+use device::Verdict;
+
+/// Who needs a second factor, and the limits that keep pushes safe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MfaConfig {
+    /// Members of these groups need a second factor (service accounts never).
+    pub required_groups: Vec<String>,
+    /// Enforce on LDAP binds (SSH logins through SSSD).
+    pub ldap: bool,
+    /// Enforce on web sign-ins.
+    pub web: bool,
+    /// An LDAP bind waiting for approval answers by then; keep it below
+    /// SSSD's `ldap_opt_timeout`.
+    pub ldap_deadline_secs: u64,
+    /// LDAP users without a push device may append a TOTP code to their
+    /// password in the same bind (`password123456`).
+    pub ldap_totp_fallback: bool,
+    /// How long a challenge takes answers.
+    pub challenge_ttl_secs: u64,
+    /// After an approval, further binds of that user from the same host need
+    /// no new push for this long (0 = off).
+    pub approval_window_secs: u64,
+    /// Challenges open at once per user.
+    pub max_outstanding_per_user: usize,
+    /// New challenges per user per minute.
+    pub user_pushes_per_minute: usize,
+    /// New challenges in total per minute.
+    pub global_pushes_per_minute: usize,
+    /// Consecutive denials or timeouts before pushes back off.
+    pub backoff_after_failures: u32,
+    /// First backoff; it doubles with each further failure, up to an hour.
+    pub backoff_secs: u64,
+    /// Lifetime of a device enrollment link.
+    pub enrollment_ttl_secs: u64,
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        Self {
+            required_groups: Vec::new(),
+            ldap: true,
+            web: true,
+            ldap_deadline_secs: 50,
+            ldap_totp_fallback: true,
+            challenge_ttl_secs: 60,
+            approval_window_secs: 30,
+            max_outstanding_per_user: 3,
+            user_pushes_per_minute: 5,
+            global_pushes_per_minute: 600,
+            backoff_after_failures: 3,
+            backoff_secs: 60,
+            enrollment_ttl_secs: 600,
+        }
+    }
+}
+
+/// Called with each new challenge and the user's devices, to push it.
+pub type Notifier = Arc<dyn Fn(Arc<Challenge>, Vec<MfaDevice>) + Send + Sync>;
+
+/// A user's second factors.
+#[derive(Debug, Clone, Default)]
+pub struct Factors {
+    pub devices: Vec<MfaDevice>,
+    /// A confirmed TOTP secret.
+    pub totp: bool,
+    pub recovery_codes_left: i64,
+}
+
+impl Factors {
+    /// Whether the user has any second factor at all.
+    pub fn any(&self) -> bool {
+        !self.devices.is_empty() || self.totp || self.recovery_codes_left > 0
+    }
+}
+
+/// Why a push was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRefusal {
+    /// The user reported a push as fraud; an admin must clear it.
+    Locked,
+    /// The user has no device.
+    NoDevice,
+    Limit(Refusal),
+}
+
+impl std::fmt::Display for PushRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushRefusal::Locked => f.write_str("pushes locked after a fraud report"),
+            PushRefusal::NoDevice => f.write_str("no approval device enrolled"),
+            PushRefusal::Limit(r) => r.fmt(f),
+        }
+    }
+}
+
+/// The second-factor service.
+pub struct Mfa {
+    pub config: MfaConfig,
+    pub challenges: Challenges,
+    store: Store,
+    clock: SharedClock,
+    data_dir: std::path::PathBuf,
+    sealer: OnceLock<crate::secrets::Sealer>,
+    notifier: OnceLock<Notifier>,
+}
+
+impl Mfa {
+    /// The service over `store`; `data_dir` holds `secret.key` (opened on
+    /// first use, for TOTP secrets).
+    pub fn new(config: MfaConfig, store: Store, clock: SharedClock, data_dir: std::path::PathBuf) -> Self {
+        Self {
+            challenges: Challenges::new(config.clone(), Arc::clone(&clock)),
+            config,
+            store,
+            clock,
+            data_dir,
+            sealer: OnceLock::new(),
+            notifier: OnceLock::new(),
+        }
+    }
+
+    /// Installs what pushes new challenges to devices (first call wins).
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    fn sealer(&self) -> StoreResult<&crate::secrets::Sealer> {
+        if let Some(s) = self.sealer.get() {
+            return Ok(s);
+        }
+        let sealer = crate::secrets::Sealer::load_or_create(&self.data_dir)
+            .map_err(|e| StoreError::Invalid(format!("cannot open secret.key: {e:#}")))?;
+        Ok(self.sealer.get_or_init(|| sealer))
+    }
+
+    /// Whether `account` needs a second factor: users in a required group;
+    /// never service accounts.
+    pub fn required(&self, snap: &Snapshot, account: &Account) -> bool {
+        if account.kind != AccountKind::User || self.config.required_groups.is_empty() {
+            return false;
+        }
+        let groups = snap.groups_of(&account.name);
+        self.config.required_groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// A user's enrolled factors.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn factors(&self, user_id: &str) -> StoreResult<Factors> {
+        Ok(Factors {
+            devices: self.store.devices_of(user_id).await?,
+            totp: self.store.totp(user_id).await?.is_some_and(|t| t.confirmed),
+            recovery_codes_left: self.store.recovery_codes_left(user_id).await?,
+        })
+    }
+
+    /// Asks the user's devices for approval (see [`Challenges::request`]):
+    /// refused while the user's pushes are locked or without a device.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn request_approval(&self, req: ChallengeRequest) -> StoreResult<Result<Ticket, PushRefusal>> {
+        let now = self.clock.now();
+        if self.store.push_locked(&req.user_id).await? {
+            self.audit(&req.username, "mfa.push_refused", "pushes locked after a fraud report", now).await;
+            return Ok(Err(PushRefusal::Locked));
+        }
+        let devices = self.store.devices_of(&req.user_id).await?;
+        if devices.is_empty() {
+            return Ok(Err(PushRefusal::NoDevice));
+        }
+        let username = req.username.clone();
+        let what = req.purpose.describe();
+        match self.challenges.request(req) {
+            Ok(Ticket::Pending { challenge, fresh: true }) => {
+                self.audit(&username, "mfa.challenge", &format!("{what} (challenge {})", challenge.id), now).await;
+                if let Some(notify) = self.notifier.get() {
+                    notify(Arc::clone(&challenge), devices);
+                }
+                Ok(Ok(Ticket::Pending { challenge, fresh: true }))
+            }
+            Ok(ticket) => Ok(Ok(ticket)),
+            Err(refusal) => {
+                self.audit(&username, "mfa.push_refused", &format!("{what}: {refusal}"), now).await;
+                Ok(Err(PushRefusal::Limit(refusal)))
+            }
+        }
+    }
+
+    /// Takes a device's signed answer (the signature is the caller's check).
+    /// A fraud report locks the user's pushes and is audited.
+    ///
+    /// # Errors
+    /// Database errors (outer); a closed or unknown challenge (inner).
+    pub async fn answer(
+        &self,
+        challenge_id: &str,
+        device: &MfaDevice,
+        verdict: Verdict,
+    ) -> StoreResult<Result<Outcome, AnswerError>> {
+        let now = self.clock.now();
+        let outcome = match self.challenges.answer(challenge_id, &device.user_id, &device.id, verdict) {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        let detail = format!("challenge {challenge_id}: {} by device {}", verdict.word(), device.name);
+        if let Outcome::Denied { fraud: true, .. } = outcome {
+            self.store.lock_push(&device.user_id, "reported as fraud from a device", now).await?;
+            tracing::warn!(user = %device.user_id, device = %device.name, "push reported as fraud; pushes locked");
+            self.audit(&device.user_id, "mfa.fraud_reported", &detail, now).await;
+        } else {
+            self.audit(&device.user_id, "mfa.answer", &detail, now).await;
+        }
+        Ok(Ok(outcome))
+    }
+
+    /// Checks a TOTP code, accepting each code at most once.
+    ///
+    /// # Errors
+    /// Database errors, or a sealed secret that cannot be opened.
+    pub async fn verify_totp(&self, user_id: &str, code: &str) -> StoreResult<bool> {
+        let Some(record) = self.store.totp(user_id).await? else { return Ok(false) };
+        let secret = self.open_secret(&record.secret)?;
+        let Some(step) = totp::matching_step(&secret, code, self.clock.now()) else { return Ok(false) };
+        if step <= record.last_step {
+            return Ok(false);
+        }
+        let claimed = self.store.claim_totp_step(user_id, step).await?;
+        if claimed && !record.confirmed {
+            self.store.confirm_totp(user_id).await?;
+        }
+        Ok(claimed)
+    }
+
+    /// Starts TOTP enrollment: a new secret (unconfirmed until a code
+    /// verifies); returns the `otpauth://` URL and the base32 secret.
+    ///
+    /// # Errors
+    /// Database or sealing errors.
+    pub async fn start_totp(&self, user_id: &str, username: &str, issuer: &str) -> StoreResult<(String, String)> {
+        let secret = totp::new_secret();
+        let sealed = self.sealer()?.seal(&secret).map_err(|e| StoreError::Invalid(format!("{e:#}")))?;
+        self.store.set_totp(user_id, &sealed, self.clock.now()).await?;
+        let url = totp::otpauth_url(&secret, issuer, username)
+            .ok_or_else(|| StoreError::Invalid("cannot build the otpauth URL".into()))?;
+        Ok((url, totp::secret_base32(&secret)))
+    }
+
+    fn open_secret(&self, sealed: &str) -> StoreResult<Vec<u8>> {
+        self.sealer()?.open(sealed).map_err(|e| StoreError::Invalid(format!("{e:#}")))
+    }
+
+    /// Replaces a user's recovery codes; the plain codes, shown once.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn new_recovery_codes(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let codes = recovery::generate();
+        let hashes: Vec<String> = codes.iter().map(|c| recovery::hash(c)).collect();
+        self.store.replace_recovery_codes(user_id, &hashes).await?;
+        Ok(codes)
+    }
+
+    /// Spends a recovery code.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn use_recovery_code(&self, user_id: &str, code: &str) -> StoreResult<bool> {
+        let used = self.store.use_recovery_code(user_id, &recovery::hash(code), self.clock.now()).await?;
+        if used {
+            self.audit(user_id, "mfa.recovery_code_used", "", self.clock.now()).await;
+        }
+        Ok(used)
+    }
+
+    /// A one-time device enrollment token for a user (valid
+    /// `enrollment_ttl_secs`); only its hash is stored.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn enrollment_token(&self, user_id: &str) -> StoreResult<String> {
+        let token = crate::oidc::random_token();
+        let ttl = i64::try_from(self.config.enrollment_ttl_secs).unwrap_or(600);
+        let hash = crate::oidc::hash_client_secret(&token);
+        self.store.create_enrollment(&hash, user_id, self.clock.now() + ttl).await?;
+        Ok(token)
+    }
+
+    async fn audit(&self, target: &str, action: &str, detail: &str, now: i64) {
+        if let Err(e) = self.store.audit_event("mfa", action, target, "", detail, now).await {
+            tracing::error!(error = %e, action, "cannot write an audit row");
+        }
+    }
+}
