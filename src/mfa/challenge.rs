@@ -321,7 +321,8 @@ impl Challenges {
         let now = self.clock.now();
         let mut inner = self.lock();
         self.expire_due(&mut inner, now);
-        let mut open: Vec<_> = inner.by_id.values().filter(|c| c.user_id == user_id && c.is_open(now)).cloned().collect();
+        let mut open: Vec<_> =
+            inner.by_id.values().filter(|c| c.user_id == user_id && c.is_open(now)).cloned().collect();
         open.sort_by_key(|c| c.created_at);
         open
     }

@@ -107,11 +107,9 @@ impl DeviceKey {
     /// # Errors
     /// Not a P-256 PKCS#8 key.
     pub fn from_pkcs8(der: &[u8]) -> anyhow::Result<Self> {
-        let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            der,
-        )
-        .map_err(|_| anyhow::anyhow!("not a P-256 PKCS#8 key"))?;
+        let pair =
+            aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                .map_err(|_| anyhow::anyhow!("not a P-256 PKCS#8 key"))?;
         Ok(Self { pair })
     }
 

@@ -18,8 +18,7 @@ pub fn new_secret() -> Vec<u8> {
 }
 
 fn totp(secret: &[u8], issuer: &str, account: &str) -> Option<TOTP> {
-    TOTP::new(Algorithm::SHA1, DIGITS, SKEW, STEP_SECS, secret.to_vec(), Some(issuer.to_string()), account.into())
-        .ok()
+    TOTP::new(Algorithm::SHA1, DIGITS, SKEW, STEP_SECS, secret.to_vec(), Some(issuer.to_string()), account.into()).ok()
 }
 
 /// The `otpauth://` URL authenticator apps scan.

@@ -243,7 +243,10 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn confirm_totp(&self, user_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE mfa_totp SET confirmed = TRUE WHERE user_id = ?").bind(user_id).execute(self.pool()).await?;
+        sqlx::query("UPDATE mfa_totp SET confirmed = TRUE WHERE user_id = ?")
+            .bind(user_id)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
