@@ -56,6 +56,10 @@ pub enum Command {
     /// Import users, groups and memberships from another directory.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// The reference approval device: enroll with a link, then list and
+    /// answer sign-in challenges (push 2FA from a terminal).
+    #[command(subcommand)]
+    Device(crate::device_client::DeviceCmd),
     /// Show the newest audit-log entries.
     Audit {
         /// How many entries.
@@ -88,6 +92,31 @@ pub enum UserCmd {
     Show { name: String },
     /// Add an SSH public key (served as sshPublicKey).
     AddSshKey { name: String, key: String },
+    /// Manage a user's second factors (approval devices, TOTP, recovery codes).
+    #[command(subcommand)]
+    Mfa(UserMfaCmd),
+}
+
+/// `user mfa …`
+#[derive(Debug, Subcommand)]
+pub enum UserMfaCmd {
+    /// Print a one-time link that enrolls an approval device
+    /// (`portcullis device enroll URL` or the phone app); it expires after
+    /// mfa.enrollment_ttl_secs.
+    EnrollLink { name: String },
+    /// Show a user's devices, TOTP, recovery codes and push lock.
+    Show { name: String },
+    /// Remove one approval device (its id from `user mfa show`).
+    RemoveDevice { name: String, device_id: String },
+    /// Remove all of a user's approval devices (a lost phone).
+    Reset { name: String },
+    /// Let pushes reach a user again after a "this wasn't me" report.
+    Unlock { name: String },
+    /// Start TOTP enrollment: prints the otpauth URL and the secret; the
+    /// first valid code confirms it.
+    Totp { name: String },
+    /// Replace a user's recovery codes; prints the 10 new codes once.
+    RecoveryCodes { name: String },
 }
 
 /// Options of `user add`.
@@ -264,6 +293,10 @@ pub enum ImportCmd {
 /// # Errors
 /// Any failure, phrased for the admin.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The device is a client of some server: no configuration, no store.
+    if let Command::Device(cmd) = cli.command {
+        return crate::device_client::run(cmd).await;
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(dir) = cli.data_dir {
         config.data_dir = dir;
@@ -282,7 +315,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn admin(config: &Config, store: &Store, command: Command) -> anyhow::Result<()> {
     let actor = Actor::cli();
     match command {
-        Command::Serve => unreachable_serve(),
+        Command::Serve | Command::Device(_) => unreachable_serve(),
         Command::User(cmd) => user(config, store, cmd, &actor).await,
         Command::Group(cmd) => group(config, store, cmd, &actor).await,
         Command::ServiceAccount(cmd) => service(store, cmd, &actor).await,
@@ -311,7 +344,7 @@ async fn admin(config: &Config, store: &Store, command: Command) -> anyhow::Resu
 }
 
 fn unreachable_serve() -> anyhow::Result<()> {
-    bail!("serve is handled before the store is opened")
+    bail!("serve and device are handled before the store is opened")
 }
 
 async fn user(config: &Config, store: &Store, cmd: UserCmd, actor: &Actor) -> anyhow::Result<()> {
@@ -403,6 +436,85 @@ async fn user(config: &Config, store: &Store, cmd: UserCmd, actor: &Actor) -> an
             tx.add_ssh_key(&name, &key, actor).await?;
             tx.commit().await?;
             println!("SSH key added to user {name}");
+        }
+        UserCmd::Mfa(cmd) => user_mfa(config, store, cmd, actor).await?,
+    }
+    Ok(())
+}
+
+async fn user_mfa(config: &Config, store: &Store, cmd: UserMfaCmd, actor: &Actor) -> anyhow::Result<()> {
+    use crate::clock::Clock;
+    let clock = std::sync::Arc::new(crate::clock::SystemClock);
+    let now = clock.now();
+    let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), clock, config.data_dir.clone());
+    let name = match &cmd {
+        UserMfaCmd::EnrollLink { name }
+        | UserMfaCmd::Show { name }
+        | UserMfaCmd::RemoveDevice { name, .. }
+        | UserMfaCmd::Reset { name }
+        | UserMfaCmd::Unlock { name }
+        | UserMfaCmd::Totp { name }
+        | UserMfaCmd::RecoveryCodes { name } => name.clone(),
+    };
+    let Some(user) = store.user(&name).await? else { bail!("{} {name:?} does not exist", Kind::User) };
+    let audit = |action: &'static str, detail: String| async move {
+        store.audit_event(&actor.name, action, &name, &actor.source, &detail, now).await
+    };
+    match cmd {
+        UserMfaCmd::EnrollLink { .. } => {
+            let token = mfa.enrollment_token(&user.id).await?;
+            audit("mfa.enrollment_link", String::new()).await?;
+            println!("enrollment_url: {}{}{token}", config.http.issuer(), crate::device_client::ENROLL_MARKER);
+            println!("(valid once, for {} seconds)", config.mfa.enrollment_ttl_secs);
+        }
+        UserMfaCmd::Show { .. } => {
+            let factors = mfa.factors(&user.id).await?;
+            let pending_totp = store.totp(&user.id).await?.is_some_and(|t| !t.confirmed);
+            println!("user: {}", user.name);
+            println!("devices: {}", factors.devices.len());
+            for d in &factors.devices {
+                let seen = d.last_seen_at.map_or_else(|| "never".to_string(), crate::clock::generalized_time);
+                println!("device: {}  push: {}  last seen: {seen}  name: {}", d.id, d.push_kind, d.name);
+            }
+            let totp = match (factors.totp, pending_totp) {
+                (true, _) => "yes",
+                (false, true) => "no (enrollment not confirmed)",
+                (false, false) => "no",
+            };
+            println!("totp: {totp}");
+            println!("recovery codes left: {}", factors.recovery_codes_left);
+            println!("pushes locked: {}", if store.push_locked(&user.id).await? { "yes" } else { "no" });
+        }
+        UserMfaCmd::RemoveDevice { device_id, .. } => {
+            if !store.remove_device(&user.id, &device_id).await? {
+                bail!("user {} has no device {device_id:?}", user.name);
+            }
+            audit("mfa.device_removed", format!("device {device_id}")).await?;
+            println!("device {device_id} removed");
+        }
+        UserMfaCmd::Reset { .. } => {
+            let removed = store.remove_devices_of(&user.id).await?;
+            audit("mfa.devices_reset", format!("{removed} devices removed")).await?;
+            println!("{removed} devices of user {} removed", user.name);
+        }
+        UserMfaCmd::Unlock { .. } => {
+            let was_locked = store.unlock_push(&user.id).await?;
+            audit("mfa.push_unlocked", if was_locked { "" } else { "was not locked" }.to_string()).await?;
+            println!("pushes to user {} {}", user.name, if was_locked { "unlocked" } else { "were not locked" });
+        }
+        UserMfaCmd::Totp { .. } => {
+            let (url, secret) = mfa.start_totp(&user.id, &user.name, "Portcullis").await?;
+            audit("mfa.totp_started", String::new()).await?;
+            println!("otpauth_url: {url}");
+            println!("secret: {secret}");
+        }
+        UserMfaCmd::RecoveryCodes { .. } => {
+            let codes = mfa.new_recovery_codes(&user.id).await?;
+            audit("mfa.recovery_codes_replaced", String::new()).await?;
+            println!("recovery codes (shown once):");
+            for c in codes {
+                println!("{c}");
+            }
         }
     }
     Ok(())

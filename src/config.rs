@@ -225,13 +225,7 @@ pub struct ApnsConfig {
 
 impl Default for ApnsConfig {
     fn default() -> Self {
-        Self {
-            base_url: "https://api.push.apple.com".into(),
-            team_id: None,
-            key_id: None,
-            key_file: None,
-            topic: None,
-        }
+        Self { base_url: "https://api.push.apple.com".into(), team_id: None, key_id: None, key_file: None, topic: None }
     }
 }
 

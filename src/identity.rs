@@ -36,6 +36,11 @@ pub enum BindFailure {
     Disabled,
     NoPassword,
     WrongPassword,
+    /// The password was right but the second factor in the same bind
+    /// (a TOTP code) was wrong, missing or already used.
+    WrongSecondFactor,
+    /// The second factor could not be checked (database error).
+    SecondFactorUnavailable,
 }
 
 /// Shared state of a running server or CLI invocation.
@@ -118,6 +123,54 @@ impl Identity {
     /// # Errors
     /// Why the bind failed (for logs; the client sees invalid credentials).
     pub async fn bind(&self, bind_dn: &str, password: &str, source: Option<IpAddr>) -> Result<Account, BindFailure> {
+        let (account, ndn) = self.check_password(bind_dn, password, source).await?;
+        self.lockout.record_success(&ndn);
+        Ok(account)
+    }
+
+    /// Checks a simple bind whose password carries a TOTP code at its end
+    /// (`password` + 6 digits, LDAP's fallback second factor). A wrong or
+    /// missing code counts as a failed bind for lockout, exactly like a
+    /// wrong password, and the caller cannot tell the two apart.
+    ///
+    /// # Errors
+    /// Why the bind failed (for logs; the client sees invalid credentials).
+    pub async fn bind_with_totp(
+        &self,
+        bind_dn: &str,
+        password_and_code: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Account, BindFailure> {
+        let (password, code) = match crate::mfa::ldap::split_totp_suffix(password_and_code) {
+            Some((password, code)) => (password, Some(code)),
+            // Still check the whole value, so a missing code costs the same time.
+            None => (password_and_code, None),
+        };
+        let (account, ndn) = self.check_password(bind_dn, password, source).await?;
+        let verified = match code {
+            Some(code) => self.mfa.verify_totp(&account.id, code).await.map_err(|e| {
+                tracing::error!(user = %account.name, error = %e, "cannot check a TOTP code");
+                BindFailure::SecondFactorUnavailable
+            })?,
+            None => false,
+        };
+        if !verified {
+            self.lockout.record_failure(&ndn, source, self.clock.now());
+            return Err(BindFailure::WrongSecondFactor);
+        }
+        self.lockout.record_success(&ndn);
+        Ok(account)
+    }
+
+    /// Lockout, lookup and password check; counts failures but leaves the
+    /// success to the caller (a second factor may still fail). Returns the
+    /// account and its normalised DN.
+    async fn check_password(
+        &self,
+        bind_dn: &str,
+        password: &str,
+        source: Option<IpAddr>,
+    ) -> Result<(Account, String), BindFailure> {
         let now = self.clock.now();
         let ndn = dn::normalize(bind_dn).unwrap_or_default();
         let account = self.directory.load().account(&ndn).cloned();
@@ -143,13 +196,12 @@ impl Identity {
                 Err(BindFailure::WrongPassword)
             }
             verdict => {
-                self.lockout.record_success(&ndn);
                 if verdict == Verdict::MatchNeedsRehash && account.kind == AccountKind::User {
                     if let Err(e) = self.rehash(&account.name, &stored, password).await {
                         tracing::warn!(user = %account.name, error = %e, "could not upgrade password hash");
                     }
                 }
-                Ok(account)
+                Ok((account, ndn))
             }
         }
     }

@@ -136,6 +136,31 @@ impl HttpClient {
         Ok(Response { status, headers, body })
     }
 
+    /// GETs `url` with `headers` and returns the status, headers and at most
+    /// [`MAX_RESPONSE_BYTES`] of the response body, the whole exchange
+    /// bounded by `timeout` (the reference device's API calls).
+    ///
+    /// # Errors
+    /// Invalid URL or header, connection or TLS failure, or timeout.
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<Response, OutboundError> {
+        let mut request = self.inner.get(url).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.send().await.map_err(|e| OutboundError(e.without_url()))?;
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| OutboundError(e.without_url()))? {
+            let room = MAX_RESPONSE_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() == MAX_RESPONSE_BYTES {
+                break;
+            }
+        }
+        Ok(Response { status, headers, body })
+    }
+
     /// POSTs `pairs` as `application/x-www-form-urlencoded` to `url` and
     /// returns the response status; the whole exchange is bounded by
     /// `timeout`. The response body is never read (a peer cannot make the

@@ -36,6 +36,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     bootstrap(&config, &store).await?;
     let tls = crate::tls::server_config(&config)?;
     let identity = Identity::open(Arc::clone(&config), store, Arc::new(SystemClock)).await?;
+    let outbound = crate::outbound::HttpClient::new()?;
+    start_push(&config, &identity, &outbound)?;
 
     let ldap = TcpListener::bind(config.ldap.listen)
         .await
@@ -66,7 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let state = crate::web::AppState {
                 identity: Arc::clone(&identity),
                 provider: Arc::clone(&p.0),
-                outbound: crate::outbound::HttpClient::new()?,
+                outbound: outbound.clone(),
             };
             Some(tokio::spawn(crate::web::serve(listener, Arc::clone(&tls), state, stop_rx.clone())))
         }
@@ -86,6 +88,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = refresher.await;
     identity.store.close().await;
+    Ok(())
+}
+
+/// Builds the configured push senders and has new challenges pushed
+/// through them (devices without a push address poll instead); hands the
+/// compatibility-mode client, if configured, to the MFA service.
+fn start_push(config: &Config, identity: &Identity, outbound: &crate::outbound::HttpClient) -> anyhow::Result<()> {
+    let sealer = Arc::new(crate::secrets::Sealer::load_or_create(&config.data_dir)?);
+    let senders = crate::push::Senders::from_config(
+        &config.push,
+        &config.data_dir,
+        &config.http.issuer(),
+        outbound,
+        &sealer,
+        Arc::clone(&identity.clock),
+    )
+    .context("push configuration")?;
+    let notifier =
+        crate::mfa::notify::push_notifier(senders.clone(), identity.store.clone(), sealer, Arc::clone(&identity.clock));
+    identity.mfa.set_notifier(notifier);
+    if let Some(compat) = senders.compat() {
+        identity.mfa.set_compat(compat.clone());
+    }
     Ok(())
 }
 

@@ -195,7 +195,8 @@ impl Challenges {
         let key = (req.user_id.clone(), req.purpose.origin());
         let mut inner = self.lock();
         self.expire_due(&mut inner, now);
-        if let Some(c) = inner.pending.get(&key).and_then(|id| inner.by_id.get(id)) {
+        // Number matching ties a challenge to one screen: never share it.
+        if let Some(c) = inner.pending.get(&key).and_then(|id| inner.by_id.get(id)).filter(|_| !req.number_matching) {
             if c.is_open(now) {
                 return Ok(Ticket::Pending { challenge: Arc::clone(c), fresh: false });
             }
@@ -250,7 +251,9 @@ impl Challenges {
         });
         inner.user_pushes.entry(req.user_id).or_default().push_back(now);
         inner.all_pushes.push_back(now);
-        inner.pending.insert(key, challenge.id.clone());
+        if challenge.number.is_none() {
+            inner.pending.insert(key, challenge.id.clone());
+        }
         inner.by_id.insert(challenge.id.clone(), Arc::clone(&challenge));
         drop(inner);
         self.news.send_modify(|n| *n = n.wrapping_add(1));
@@ -302,7 +305,9 @@ impl Challenges {
             Verdict::Fraud => Outcome::Denied { device_id, fraud: true },
         };
         let key = (c.user_id.clone(), c.purpose.origin());
-        inner.pending.remove(&key);
+        if inner.pending.get(&key) == Some(&c.id) {
+            inner.pending.remove(&key);
+        }
         if matches!(outcome, Outcome::Approved { .. }) {
             inner.strikes.remove(&c.user_id);
             if c.number.is_none() && self.config.approval_window_secs > 0 {
@@ -359,7 +364,10 @@ impl Challenges {
             .collect();
         for c in due {
             c.state.send_replace(Outcome::Expired);
-            inner.pending.remove(&(c.user_id.clone(), c.purpose.origin()));
+            let key = (c.user_id.clone(), c.purpose.origin());
+            if inner.pending.get(&key) == Some(&c.id) {
+                inner.pending.remove(&key);
+            }
             self.strike(inner, &c.user_id, now);
         }
         // Closed challenges stay visible a while (late answers get "closed").
@@ -435,8 +443,10 @@ mod tests {
             ch.answer(&c.id, "alice", "d", Verdict::Approve { number: c.number }),
             Ok(Outcome::Approved { device_id: "d".into() })
         );
-        let (c, fresh) = pending(ch.request(web).unwrap());
+        let (c, fresh) = pending(ch.request(web.clone()).unwrap());
         assert!(fresh, "number matching never reuses an approval");
+        let (other, fresh) = pending(ch.request(web).unwrap());
+        assert!(fresh && other.id != c.id, "nor joins another screen's challenge");
         clock.advance(61);
         assert_eq!(ch.answer(&c.id, "alice", "d", Verdict::Approve { number: c.number }), Err(AnswerError::Closed));
         assert_eq!(c.outcome(), Outcome::Expired);

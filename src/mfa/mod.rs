@@ -5,6 +5,9 @@
 
 pub mod challenge;
 pub mod device;
+pub mod ldap;
+pub mod notify;
+pub mod pending;
 pub mod recovery;
 pub mod totp;
 
@@ -116,11 +119,14 @@ impl std::fmt::Display for PushRefusal {
 pub struct Mfa {
     pub config: MfaConfig,
     pub challenges: Challenges,
+    /// Web sign-ins past the password, waiting for their second factor.
+    pub pending: pending::PendingSignins,
     store: Store,
     clock: SharedClock,
     data_dir: std::path::PathBuf,
     sealer: OnceLock<crate::secrets::Sealer>,
     notifier: OnceLock<Notifier>,
+    compat: OnceLock<crate::push::webhook::CompatClient>,
 }
 
 impl Mfa {
@@ -130,17 +136,31 @@ impl Mfa {
         Self {
             challenges: Challenges::new(config.clone(), Arc::clone(&clock)),
             config,
+            pending: pending::PendingSignins::default(),
             store,
             clock,
             data_dir,
             sealer: OnceLock::new(),
             notifier: OnceLock::new(),
+            compat: OnceLock::new(),
         }
     }
 
     /// Installs what pushes new challenges to devices (first call wins).
     pub fn set_notifier(&self, notifier: Notifier) {
         let _ = self.notifier.set(notifier);
+    }
+
+    /// Installs the client of an existing push-approval service
+    /// (`push.webhook.mode = "compat"`, first call wins).
+    pub fn set_compat(&self, client: crate::push::webhook::CompatClient) {
+        let _ = self.compat.set(client);
+    }
+
+    /// The existing push-approval service's client, when configured: LDAP
+    /// approvals then go through it instead of enrolled devices.
+    pub fn compat(&self) -> Option<&crate::push::webhook::CompatClient> {
+        self.compat.get()
     }
 
     fn sealer(&self) -> StoreResult<&crate::secrets::Sealer> {
@@ -268,6 +288,24 @@ impl Mfa {
 
     fn open_secret(&self, sealed: &str) -> StoreResult<Vec<u8>> {
         self.sealer()?.open(sealed).map_err(|e| StoreError::Invalid(format!("{e:#}")))
+    }
+
+    /// Seals a device's push address for `mfa_devices.push_address` (the
+    /// plain form per kind is described in `web/device.rs`).
+    ///
+    /// # Errors
+    /// `secret.key` cannot be opened, or sealing failed.
+    pub fn seal_push_address(&self, plain: &str) -> StoreResult<String> {
+        self.sealer()?.seal(plain.as_bytes()).map_err(|e| StoreError::Invalid(format!("{e:#}")))
+    }
+
+    /// Opens a push address sealed by [`Mfa::seal_push_address`].
+    ///
+    /// # Errors
+    /// `secret.key` cannot be opened, or the value was not sealed with it.
+    pub fn open_push_address(&self, sealed: &str) -> StoreResult<String> {
+        let plain = self.open_secret(sealed)?;
+        String::from_utf8(plain).map_err(|_| StoreError::Invalid("a sealed push address is not UTF-8".into()))
     }
 
     /// Replaces a user's recovery codes; the plain codes, shown once.

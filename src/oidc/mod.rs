@@ -205,6 +205,7 @@ impl Provider {
         nonce: Option<&str>,
         auth_time: i64,
         sid: Option<&str>,
+        amr: Option<&str>,
         now: i64,
     ) -> Result<String, TokenError> {
         let mut claims = user.claims(scope, client);
@@ -220,6 +221,11 @@ impl Provider {
         if let Some(sid) = sid {
             // The sign-in session, so back-channel logout tokens can name it.
             claims.insert("sid".into(), sid.into());
+        }
+        if let Some(amr) = amr.filter(|a| !a.is_empty()) {
+            // RFC 8176 method references: "pwd", plus "otp"/"mfa" after a second factor.
+            let methods: Vec<serde_json::Value> = amr.split(' ').map(Into::into).collect();
+            claims.insert("amr".into(), methods.into());
         }
         self.sign(&claims, "JWT", client.id_token_signed_response_alg)
     }
@@ -323,7 +329,7 @@ impl Provider {
             "authorization_response_iss_parameter_supported": true,
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": SCOPES,
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "sid",
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "sid", "amr",
                 "preferred_username", "name", "email", "email_verified", "groups"],
             "subject_types_supported": ["public"],
             "backchannel_logout_supported": true,

@@ -19,6 +19,9 @@ pub struct CodeGrant {
     pub expires_at: i64,
     /// The sign-in session's public id, for the ID token's `sid`.
     pub sid: Option<String>,
+    /// How the user authenticated (RFC 8176 values, space-separated), for
+    /// the ID token's `amr`.
+    pub amr: Option<String>,
 }
 
 /// A live sign-in session, as stored.
@@ -29,6 +32,9 @@ pub struct LiveSession {
     /// The public session id (`sid` in ID and logout tokens); unrelated to
     /// the cookie value.
     pub sid: String,
+    /// How the session was authenticated (RFC 8176 values, space-separated):
+    /// `pwd`, or with a second factor e.g. `pwd otp mfa`.
+    pub amr: String,
 }
 
 /// A sign-in session that was just ended, and whom to tell.
@@ -52,21 +58,25 @@ impl Store {
         sid: &str,
         auth_time: i64,
         expires_at: i64,
+        amr: &str,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO web_sessions (id_hash, user_id, sid, auth_time, expires_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(id_hash)
-            .bind(user_id)
-            .bind(sid)
-            .bind(auth_time)
-            .bind(expires_at)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO web_sessions (id_hash, user_id, sid, auth_time, expires_at, amr) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id_hash)
+        .bind(user_id)
+        .bind(sid)
+        .bind(auth_time)
+        .bind(expires_at)
+        .bind(amr)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
     /// Moves `user_id`'s live session from `old_hash` to a new cookie hash
-    /// after they signed in again: new auth time and expiry, same `sid` and
-    /// clients. Returns the `sid`, or `None` (nothing changed) when the old
+    /// after they signed in again: new auth time, expiry and `amr`, same
+    /// `sid` and clients. Returns the `sid`, or `None` (nothing changed) when the old
     /// session is gone, expired or another user's.
     ///
     /// # Errors
@@ -78,17 +88,19 @@ impl Store {
         user_id: &str,
         auth_time: i64,
         expires_at: i64,
+        amr: &str,
     ) -> StoreResult<Option<String>> {
         // Write first, so the transaction takes SQLite's write lock at once.
         let mut tx = self.pool().begin().await?;
         let moved = sqlx::query(
-            "INSERT INTO web_sessions (id_hash, user_id, sid, auth_time, expires_at) \
-             SELECT ?, user_id, sid, ?, ? FROM web_sessions WHERE id_hash = ? AND user_id = ? AND expires_at > ? \
+            "INSERT INTO web_sessions (id_hash, user_id, sid, auth_time, expires_at, amr) \
+             SELECT ?, user_id, sid, ?, ?, ? FROM web_sessions WHERE id_hash = ? AND user_id = ? AND expires_at > ? \
              RETURNING sid",
         )
         .bind(new_hash)
         .bind(auth_time)
         .bind(expires_at)
+        .bind(amr)
         .bind(old_hash)
         .bind(user_id)
         .bind(auth_time)
@@ -110,12 +122,13 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn session(&self, id_hash: &str, now: i64) -> StoreResult<Option<LiveSession>> {
-        let row = sqlx::query("SELECT user_id, auth_time, sid FROM web_sessions WHERE id_hash = ? AND expires_at > ?")
-            .bind(id_hash)
-            .bind(now)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| LiveSession { user_id: r.get(0), auth_time: r.get(1), sid: r.get(2) }))
+        let row =
+            sqlx::query("SELECT user_id, auth_time, sid, amr FROM web_sessions WHERE id_hash = ? AND expires_at > ?")
+                .bind(id_hash)
+                .bind(now)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| LiveSession { user_id: r.get(0), auth_time: r.get(1), sid: r.get(2), amr: r.get(3) }))
     }
 
     /// Remembers that a session signed in to `client` (for back-channel logout).
@@ -166,7 +179,7 @@ impl Store {
     pub async fn insert_code(&self, code_hash: &str, grant: &CodeGrant) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO auth_codes (code_hash, client_name, user_id, redirect_uri, scope, nonce, code_challenge, \
-             auth_time, expires_at, sid, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)",
+             auth_time, expires_at, sid, amr, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)",
         )
         .bind(code_hash)
         .bind(&grant.client_name)
@@ -178,6 +191,7 @@ impl Store {
         .bind(grant.auth_time)
         .bind(grant.expires_at)
         .bind(&grant.sid)
+        .bind(&grant.amr)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -197,8 +211,7 @@ impl Store {
     ) -> StoreResult<Option<(CodeGrant, String, bool)>> {
         // One statement claims the code: no read-then-write transaction,
         // which SQLite would refuse under concurrent writers (SQLITE_BUSY).
-        const COLUMNS: &str =
-            "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, sid, family_id";
+        const COLUMNS: &str = "client_name, user_id, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, sid, family_id, amr";
         let claimed = sqlx::query(&format!(
             "UPDATE auth_codes SET used = TRUE, family_id = ? WHERE code_hash = ? AND used = FALSE RETURNING {COLUMNS}"
         ))
@@ -229,6 +242,7 @@ impl Store {
             auth_time: row.get(6),
             expires_at: row.get(7),
             sid: row.get(8),
+            amr: row.get(10),
         };
         let family: Option<String> = row.get(9);
         Ok(Some((grant, family.unwrap_or_default(), first_use)))
@@ -483,15 +497,19 @@ mod tests {
                 .await
                 .unwrap();
         }
-        store.insert_session("h1", &alice.id, "sid-1", 10, 100).await.unwrap();
+        store.insert_session("h1", &alice.id, "sid-1", 10, 100, "pwd").await.unwrap();
         store.add_session_client("h1", "wiki").await.unwrap();
         store.add_session_client("h1", "wiki").await.unwrap();
         store.add_session_client("h1", "chat").await.unwrap();
-        assert_eq!(store.rotate_session("h1", "h2", &bob.id, 20, 200).await.unwrap(), None, "not bob's");
-        assert_eq!(store.rotate_session("h1", "h2", &alice.id, 20, 200).await.unwrap().as_deref(), Some("sid-1"));
+        assert_eq!(store.rotate_session("h1", "h2", &bob.id, 20, 200, "pwd otp mfa").await.unwrap(), None, "not bob's");
+        assert_eq!(
+            store.rotate_session("h1", "h2", &alice.id, 20, 200, "pwd otp mfa").await.unwrap().as_deref(),
+            Some("sid-1")
+        );
         assert!(store.session("h1", 20).await.unwrap().is_none(), "the old cookie is dead");
         let live = store.session("h2", 20).await.unwrap().unwrap();
         assert_eq!((live.user_id.as_str(), live.auth_time, live.sid.as_str()), (alice.id.as_str(), 20, "sid-1"));
+        assert_eq!(live.amr, "pwd otp mfa", "the new sign-in's methods");
         assert!(store.end_session("h2", Some(&bob.id)).await.unwrap().is_none(), "only the owner may end it");
         let ended = store.end_session("h2", None).await.unwrap().unwrap();
         assert_eq!((ended.user_id.as_str(), ended.sid.as_str()), (alice.id.as_str(), "sid-1"));
@@ -510,8 +528,8 @@ mod tests {
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        store.insert_session("old", &alice.id, "sid-old", 0, 100).await.unwrap();
-        store.insert_session("new", &alice.id, "sid-new", 0, 10_000).await.unwrap();
+        store.insert_session("old", &alice.id, "sid-old", 0, 100, "pwd").await.unwrap();
+        store.insert_session("new", &alice.id, "sid-new", 0, 10_000, "pwd").await.unwrap();
         let grant = |expires_at| RefreshGrant {
             family_id: "fam".into(),
             client_name: "c".into(),

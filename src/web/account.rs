@@ -1,5 +1,9 @@
-//! "My account": profile, password change, and the list of sign-in sessions
-//! with revoke. Server-rendered forms, no JavaScript, CSRF on every form.
+//! "My account": profile, password change, the list of sign-in sessions
+//! with revoke, and second factors (approval devices with rename and remove,
+//! device enrollment links with a QR code, TOTP enrollment, recovery codes).
+//! Server-rendered forms, no JavaScript, CSRF on every form; every change to
+//! a second factor is audited. Secrets shown here (enrollment links, TOTP
+//! secrets, recovery codes) are shown once and never logged.
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, Query, State};
@@ -10,10 +14,11 @@ use std::net::SocketAddr;
 
 use super::AppState;
 use super::signin::{
-    SESSION_COOKIE, cookie, csrf_ok, current_session, end_session, esc, expired_form, new_csrf, page, password_sign_in,
-    start_session,
+    SESSION_COOKIE, cookie, csrf_ok, current_session, end_session, esc, expired_form, factor, new_csrf, page,
+    password_sign_in, second_factor_required, start_session,
 };
 use crate::clock::generalized_time;
+use crate::mfa::pending::AfterSignin;
 use crate::model::Actor;
 use crate::oidc::{UserInfo, hash_client_secret};
 
@@ -25,6 +30,13 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/account/password", post(password))
         .route("/account/sessions/revoke", post(revoke_session))
         .route("/account/signout", post(signout))
+        .route("/account/mfa/devices/add", post(add_device))
+        .route("/account/mfa/devices/rename", post(rename_device))
+        .route("/account/mfa/devices/remove", post(remove_device))
+        .route("/account/mfa/totp/start", post(totp_start))
+        .route("/account/mfa/totp/confirm", post(totp_confirm))
+        .route("/account/mfa/totp/remove", post(totp_remove))
+        .route("/account/mfa/recovery", post(recovery_codes))
 }
 
 fn with_csrf(mut r: Response, cookie: Option<axum::http::HeaderValue>) -> Response {
@@ -79,8 +91,20 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
     let notice = match notice.done.as_deref() {
         Some("password") => "<p role=\"status\">Your password was changed.</p>",
         Some("revoked") => "<p role=\"status\">The session was signed out.</p>",
+        Some("device-renamed") => "<p role=\"status\">The device was renamed.</p>",
+        Some("device-removed") => "<p role=\"status\">The device was removed.</p>",
+        Some("totp") => "<p role=\"status\">Your authenticator app is set up.</p>",
+        Some("totp-removed") => "<p role=\"status\">Your authenticator app was removed.</p>",
         _ => "",
     };
+    let factors = match state.identity.mfa.factors(&user_id).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read second factors");
+            return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        }
+    };
+    let factors_html = factors_section(&factors, second_factor_required(&state, &user_id), &csrf);
     let rows: String = sessions
         .iter()
         .map(|s| {
@@ -104,7 +128,7 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
          <p><label for=\"new\">New password</label><br><input id=\"new\" name=\"new\" type=\"password\" autocomplete=\"new-password\" minlength=\"8\" required></p>\
          <p><label for=\"confirm\">Repeat the new password</label><br><input id=\"confirm\" name=\"confirm\" type=\"password\" autocomplete=\"new-password\" required></p>\
          <p><button type=\"submit\">Change password</button></p></form>\
-         <h2>Sessions</h2><ul>{rows}</ul>\
+         {factors_html}<h2>Sessions</h2><ul>{rows}</ul>\
          <form method=\"post\" action=\"/account/signout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <p><button type=\"submit\">Sign out</button></p></form>",
         name = esc(&user.preferred_username),
@@ -135,8 +159,14 @@ async fn signin(
     let Some(account) = password_sign_in(&state, &form.username, &form.password, peer, &headers).await else {
         return signin_form(Some("Wrong user name or password, or the account is locked."), StatusCode::UNAUTHORIZED);
     };
+    let label = "your Portcullis account";
+    if let Some(second_step) =
+        factor::after_password(&state, &headers, peer, &account, AfterSignin::Account, label).await
+    {
+        return second_step;
+    }
     let now = state.identity.clock.now();
-    let Some((session, _)) = start_session(&state, &headers, &account.id, now).await else {
+    let Some((session, _)) = start_session(&state, &headers, &account.id, now, "pwd").await else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
     };
     let mut r = Redirect::to("/account").into_response();
@@ -227,4 +257,353 @@ async fn signout(State(state): State<AppState>, headers: HeaderMap, Form(form): 
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
+}
+
+/// The "Second factors" section of the account page.
+fn factors_section(factors: &crate::mfa::Factors, required: bool, csrf: &str) -> String {
+    let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">");
+    let policy = if required {
+        "Your sign-ins must be confirmed with one of these."
+    } else {
+        "Your sign-ins do not need a second factor yet; you can set them up anyway."
+    };
+    let devices: String = factors
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let how = match d.push_kind.as_str() {
+                "none" => "checks for requests itself".to_string(),
+                kind => format!("notified by {}", esc(kind)),
+            };
+            let seen = d.last_seen_at.map_or_else(|| "never".to_string(), generalized_time);
+            format!(
+                "<li><strong>{name}</strong> ({how}), added {added}, last seen {seen}\
+                 <form method=\"post\" action=\"/account/mfa/devices/rename\">{hidden}\
+                 <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+                 <label for=\"rename-{i}\">New name for {name}</label> \
+                 <input id=\"rename-{i}\" name=\"name\" maxlength=\"64\" required> \
+                 <button type=\"submit\">Rename</button></form>\
+                 <form method=\"post\" action=\"/account/mfa/devices/remove\">{hidden}\
+                 <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+                 <button type=\"submit\">Remove {name}</button></form></li>",
+                name = esc(&d.name),
+                id = esc(&d.id),
+                added = generalized_time(d.created_at),
+            )
+        })
+        .collect();
+    let devices =
+        if devices.is_empty() { "<p>No approval devices.</p>".to_string() } else { format!("<ul>{devices}</ul>") };
+    let totp = if factors.totp {
+        format!(
+            "<p>Set up.</p><form method=\"post\" action=\"/account/mfa/totp/start\">{hidden}\
+             <p><button type=\"submit\">Replace with a new secret</button></p></form>\
+             <form method=\"post\" action=\"/account/mfa/totp/remove\">{hidden}\
+             <p><button type=\"submit\">Remove authenticator app</button></p></form>"
+        )
+    } else {
+        format!(
+            "<p>Not set up.</p><form method=\"post\" action=\"/account/mfa/totp/start\">{hidden}\
+             <p><button type=\"submit\">Set up an authenticator app</button></p></form>"
+        )
+    };
+    format!(
+        "<h2>Second factors</h2><p>{policy}</p>\
+         <h3>Approval devices</h3>{devices}\
+         <form method=\"post\" action=\"/account/mfa/devices/add\">{hidden}\
+         <p><button type=\"submit\">Add a device</button></p></form>\
+         <h3>Authenticator app (TOTP)</h3>{totp}\
+         <h3>Recovery codes</h3><p>{left} unused recovery codes.</p>\
+         <form method=\"post\" action=\"/account/mfa/recovery\">{hidden}\
+         <p><button type=\"submit\">Generate new recovery codes</button> (the old ones stop working)</p></form>",
+        left = factors.recovery_codes_left,
+    )
+}
+
+/// A QR code of `data` as inline SVG markup (allowed by the pages' CSP: no
+/// script, no data: URL).
+fn qr_svg(data: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(data.as_bytes()).ok()?;
+    let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).quiet_zone(true).build();
+    // Inline in HTML: drop the XML declaration, name the image.
+    let start = svg.find("<svg")?;
+    Some(svg[start..].replacen("<svg ", "<svg role=\"img\" aria-label=\"QR code\" ", 1))
+}
+
+/// The signed-in user of an account form, with the address for the audit
+/// log; otherwise the response to send instead.
+async fn me(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    csrf: &str,
+) -> Result<(crate::directory::Account, String), Response> {
+    let user_id = signed_in_form(state, headers, csrf).await?;
+    let snap = state.identity.directory.load();
+    let account = snap.user_by_id(&user_id).and_then(|e| snap.account(&e.ndn)).cloned();
+    let account = account.ok_or_else(|| signin_form(None, StatusCode::UNAUTHORIZED))?;
+    let client = super::client_ip(&state.identity.config.http.trusted_proxies, peer.ip(), headers);
+    Ok((account, format!("web:{client}")))
+}
+
+/// Writes an audit row for a change the user made to their second factors.
+async fn audit(state: &AppState, account: &crate::directory::Account, source: &str, action: &str, detail: &str) {
+    let now = state.identity.clock.now();
+    if let Err(e) = state.identity.store.audit_event(&account.dn, action, &account.name, source, detail, now).await {
+        tracing::error!(error = %e, action, "cannot write an audit row");
+    }
+}
+
+fn internal_error() -> Response {
+    page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>")
+}
+
+const BACK: &str = "<p><a href=\"/account\">Back to my account</a></p>";
+
+/// Forms with only the CSRF field.
+#[derive(Debug, serde::Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+/// Makes a one-time enrollment link and shows it with its QR code.
+async fn add_device(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let token = match state.identity.mfa.enrollment_token(&account.id).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create an enrollment token");
+            return internal_error();
+        }
+    };
+    audit(&state, &account, &source, "mfa.enrollment_link", "from the account page").await;
+    let url = format!("{}/mfa/enroll#{token}", state.provider.issuer);
+    let qr = qr_svg(&url).unwrap_or_default();
+    let minutes = state.identity.config.mfa.enrollment_ttl_secs.div_ceil(60);
+    let body = format!(
+        "<p>Scan this code with the device to enroll, or open the link on it. The link works once, within \
+         {minutes} minutes.</p><figure>{qr}<figcaption>Enrollment link for {user}</figcaption></figure>\
+         <p><label for=\"link\">Enrollment link</label><br><input id=\"link\" readonly value=\"{link}\"></p>\
+         <p>On a computer, the reference device enrolls with <code>portcullis device enroll 'LINK' --key-file FILE</code>.</p>{BACK}",
+        user = esc(&account.name),
+        link = esc(&url),
+    );
+    page(StatusCode::OK, "Add a device", &body)
+}
+
+/// Device form fields.
+#[derive(Debug, serde::Deserialize)]
+struct DeviceForm {
+    csrf: String,
+    id: String,
+    name: Option<String>,
+}
+
+async fn rename_device(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<DeviceForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let name = form.name.as_deref().unwrap_or("").trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        let body = format!("<p role=\"alert\" class=\"error\">A device name has 1 to 64 characters.</p>{BACK}");
+        return page(StatusCode::BAD_REQUEST, "Device not renamed", &body);
+    }
+    let old = state.identity.store.device(&form.id).await.ok().flatten().filter(|d| d.user_id == account.id);
+    match state.identity.store.rename_device(&account.id, &form.id, name).await {
+        Ok(true) => {
+            let old = old.map(|d| d.name).unwrap_or_default();
+            audit(&state, &account, &source, "mfa.device_renamed", &format!("{old} -> {name} ({})", form.id)).await;
+            Redirect::to("/account?done=device-renamed").into_response()
+        }
+        Ok(false) => page(StatusCode::NOT_FOUND, "No such device", &format!("<p>No such device.</p>{BACK}")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot rename a device");
+            internal_error()
+        }
+    }
+}
+
+async fn remove_device(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<DeviceForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let old = state.identity.store.device(&form.id).await.ok().flatten().filter(|d| d.user_id == account.id);
+    match state.identity.store.remove_device(&account.id, &form.id).await {
+        Ok(true) => {
+            let name = old.map(|d| d.name).unwrap_or_default();
+            audit(&state, &account, &source, "mfa.device_removed", &format!("{name} ({})", form.id)).await;
+            Redirect::to("/account?done=device-removed").into_response()
+        }
+        Ok(false) => page(StatusCode::NOT_FOUND, "No such device", &format!("<p>No such device.</p>{BACK}")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot remove a device");
+            internal_error()
+        }
+    }
+}
+
+/// The form that confirms a TOTP enrollment with a first code.
+fn totp_confirm_form(csrf: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"/account/mfa/totp/confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <p><label for=\"code\">6-digit code from your app</label><br>\
+         <input id=\"code\" name=\"code\" inputmode=\"numeric\" pattern=\"[0-9]{{6}}\" maxlength=\"6\" \
+         autocomplete=\"one-time-code\" required></p><p><button type=\"submit\">Confirm</button></p></form>"
+    )
+}
+
+/// Starts TOTP enrollment: a new secret, shown once as a QR code and in
+/// base32, confirmed by the first code.
+async fn totp_start(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let (url, secret) = match state.identity.mfa.start_totp(&account.id, &account.name, "Portcullis").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start TOTP enrollment");
+            return internal_error();
+        }
+    };
+    audit(&state, &account, &source, "mfa.totp_started", "from the account page").await;
+    let (csrf, c) = new_csrf();
+    let qr = qr_svg(&url).unwrap_or_default();
+    let body = format!(
+        "<p>Scan this code with your authenticator app, or type the secret into it. Then enter the code the app \
+         shows to confirm.</p><figure>{qr}<figcaption>Authenticator app setup for {user}</figcaption></figure>\
+         <p><label for=\"secret\">Secret (base32)</label><br><input id=\"secret\" readonly value=\"{secret}\"></p>\
+         {form}{BACK}",
+        user = esc(&account.name),
+        secret = esc(&secret),
+        form = totp_confirm_form(&csrf),
+    );
+    with_csrf(page(StatusCode::OK, "Set up an authenticator app", &body), c)
+}
+
+/// TOTP confirmation form fields.
+#[derive(Debug, serde::Deserialize)]
+struct CodeForm {
+    csrf: String,
+    code: String,
+}
+
+async fn totp_confirm(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let identity = &state.identity;
+    let now = identity.clock.now();
+    let client = super::client_ip(&identity.config.http.trusted_proxies, peer.ip(), &headers);
+    // Wrong codes count like wrong second factors at sign-in.
+    let key = factor::lockout_key(&account.id);
+    if identity.lockout.is_locked(&key, Some(client), now) {
+        let body = format!("<p role=\"alert\" class=\"error\">Too many wrong codes. Try again later.</p>{BACK}");
+        return page(StatusCode::TOO_MANY_REQUESTS, "Code not accepted", &body);
+    }
+    match identity.mfa.verify_totp(&account.id, &form.code).await {
+        Ok(true) => {
+            identity.lockout.record_success(&key);
+            audit(&state, &account, &source, "mfa.totp_confirmed", "from the account page").await;
+            Redirect::to("/account?done=totp").into_response()
+        }
+        Ok(false) => {
+            identity.lockout.record_failure(&key, Some(client), now);
+            let (csrf, c) = new_csrf();
+            let body = format!(
+                "<p role=\"alert\" class=\"error\">That code is wrong, expired or was already used. Wait for the next \
+                 code and try again.</p>{form}{BACK}",
+                form = totp_confirm_form(&csrf),
+            );
+            with_csrf(page(StatusCode::BAD_REQUEST, "Code not accepted", &body), c)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check a TOTP code");
+            internal_error()
+        }
+    }
+}
+
+async fn totp_remove(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match state.identity.store.delete_totp(&account.id).await {
+        Ok(removed) => {
+            if removed {
+                audit(&state, &account, &source, "mfa.totp_removed", "from the account page").await;
+            }
+            Redirect::to("/account?done=totp-removed").into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot remove TOTP");
+            internal_error()
+        }
+    }
+}
+
+/// Replaces the recovery codes and shows the new ones, once.
+async fn recovery_codes(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let codes = match state.identity.mfa.new_recovery_codes(&account.id).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create recovery codes");
+            return internal_error();
+        }
+    };
+    audit(&state, &account, &source, "mfa.recovery_codes_generated", "from the account page").await;
+    let items: String =
+        codes.iter().map(|c| format!("<li><code class=\"recovery-code\">{}</code></li>", esc(c))).collect();
+    let body = format!(
+        "<p role=\"status\">Keep these codes somewhere safe: this is the only time they are shown. Each one \
+         works once, in place of your device or app; your old codes no longer work.</p><ol>{items}</ol>{BACK}"
+    );
+    page(StatusCode::OK, "Your recovery codes", &body)
 }

@@ -2,6 +2,7 @@
 //! under shared limits (body size, deadline, requests in flight).
 
 mod account;
+mod device;
 mod oidc;
 mod signin;
 
@@ -35,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(oidc::routes())
         .merge(signin::routes())
         .merge(account::routes())
+        .merge(device::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(deadline))
         .layer(axum::middleware::from_fn_with_state(in_flight, shed_load))

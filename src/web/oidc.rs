@@ -205,6 +205,7 @@ async fn authorization_code(
         auth_time: grant.auth_time,
         family: &family,
         sid: grant.sid.as_deref(),
+        amr: grant.amr.as_deref(),
     };
     issue_tokens(state, client, &issue, now).await
 }
@@ -218,6 +219,9 @@ struct Issue<'a> {
     family: &'a str,
     /// The sign-in session, for the ID token's `sid` (back-channel logout).
     sid: Option<&'a str>,
+    /// How the user authenticated, for the ID token's `amr` (code grants
+    /// only: a refreshed ID token does not repeat it).
+    amr: Option<&'a str>,
 }
 
 /// ID token, access token, and (with offline_access) a new refresh token.
@@ -232,8 +236,9 @@ async fn issue_tokens(
         .ok_or(OAuthError(TokenError::InvalidGrant, "the user no longer exists"))?;
     let provider = &state.provider;
     let fail = |e| OAuthError(e, "cannot sign the token");
-    let id_token =
-        provider.id_token(client, &user, issue.scope, issue.nonce, issue.auth_time, issue.sid, now).map_err(fail)?;
+    let id_token = provider
+        .id_token(client, &user, issue.scope, issue.nonce, issue.auth_time, issue.sid, issue.amr, now)
+        .map_err(fail)?;
     let access_token =
         provider.user_access_token(client, issue.user_id, issue.scope, issue.family, now).map_err(fail)?;
     let mut body = serde_json::json!({
@@ -307,6 +312,7 @@ async fn refresh_token(
         auth_time: grant.auth_time,
         family: &grant.family_id,
         sid: grant.sid.as_deref(),
+        amr: None,
     };
     issue_tokens(state, client, &issue, now).await
 }

@@ -2,9 +2,13 @@
 //! form (no JavaScript), CSRF double-submit cookie, `__Host-` session cookie
 //! rotated at sign-in, and the same lockout as LDAP binds.
 //!
-//! The sign-in is a small state machine: no session → password form → (next:
-//! second factors) → code. `continue_authorization` is the single exit, so
-//! later steps plug in before it.
+//! The sign-in is a small state machine: no session → password form →
+//! second factor (`factor.rs`, for users the MFA policy names) → consent →
+//! code. `continue_authorization` is the single exit. A session records how
+//! it was authenticated (`amr`); one without a second factor does not count
+//! for a user who now needs one.
+
+pub(super) mod factor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use sha2::Digest;
 
 use super::AppState;
 use crate::directory::{AccountKind, dn};
+use crate::mfa::pending::AfterSignin;
 use crate::model::OidcClient;
 use crate::oidc::{UserInfo, hash_client_secret, random_token};
 use crate::store::CodeGrant;
@@ -36,6 +41,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/oidc/signin", post(signin))
         .route("/oidc/consent", post(consent))
         .route("/oidc/logout", get(logout).post(logout_confirmed))
+        .merge(factor::routes())
 }
 
 /// A validated authorization request.
@@ -200,8 +206,12 @@ async fn signin(
             StatusCode::UNAUTHORIZED,
         );
     };
+    let after = AfterSignin::Authorization { request: form.request.clone() };
+    if let Some(second_step) = factor::after_password(&state, &headers, peer, &account, after, &req.client.name).await {
+        return second_step;
+    }
     let now = state.identity.clock.now();
-    let Some((session_cookie, session)) = start_session(&state, &headers, &account.id, now).await else {
+    let Some((session_cookie, session)) = start_session(&state, &headers, &account.id, now, "pwd").await else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
     };
     tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
@@ -248,17 +258,21 @@ pub(super) struct Session {
     pub(super) auth_time: i64,
     /// The public session id that ID tokens and logout tokens carry.
     pub(super) sid: String,
+    /// How it was authenticated (RFC 8176 values, space-separated).
+    pub(super) amr: String,
 }
 
-/// Starts a session for `user_id`: a new cookie at every sign-in (no
-/// fixation). The browser's previous session goes on under the new cookie
-/// (same `sid`, same clients) if it was the same user's; otherwise it ends,
-/// and its clients are told. Returns the `Set-Cookie` value and the session.
+/// Starts a session for `user_id`, authenticated by `amr` (`pwd`, or e.g.
+/// `pwd otp mfa`): a new cookie at every sign-in (no fixation). The browser's
+/// previous session goes on under the new cookie (same `sid`, same clients)
+/// if it was the same user's; otherwise it ends, and its clients are told.
+/// Returns the `Set-Cookie` value and the session.
 pub(super) async fn start_session(
     state: &AppState,
     headers: &HeaderMap,
     user_id: &str,
     now: i64,
+    amr: &str,
 ) -> Option<(HeaderValue, Session)> {
     let store = &state.identity.store;
     let session_id = random_token();
@@ -267,7 +281,7 @@ pub(super) async fn start_session(
     let mut carried = None;
     if let Some(old) = cookie(headers, SESSION_COOKIE) {
         let old_hash = hash_client_secret(&old);
-        match store.rotate_session(&old_hash, &id_hash, user_id, now, expires_at).await {
+        match store.rotate_session(&old_hash, &id_hash, user_id, now, expires_at, amr).await {
             Ok(Some(sid)) => carried = Some(sid),
             Ok(None) => {
                 end_session(state, &old_hash, None).await;
@@ -282,7 +296,7 @@ pub(super) async fn start_session(
         Some(sid) => sid,
         None => {
             let sid = uuid::Uuid::new_v4().to_string();
-            if let Err(e) = store.insert_session(&id_hash, user_id, &sid, now, expires_at).await {
+            if let Err(e) = store.insert_session(&id_hash, user_id, &sid, now, expires_at, amr).await {
                 tracing::error!(error = %e, "cannot store session");
                 return None;
             }
@@ -291,15 +305,32 @@ pub(super) async fn start_session(
     };
     let value =
         format!("{SESSION_COOKIE}={session_id}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECS}");
-    let session = Session { id_hash, user_id: user_id.to_string(), auth_time: now, sid };
+    let session = Session { id_hash, user_id: user_id.to_string(), auth_time: now, sid, amr: amr.to_string() };
     HeaderValue::from_str(&value).ok().map(|v| (v, session))
 }
 
-/// The browser's live session, if it has one.
+/// The browser's live session, if it has one. A session signed in without
+/// a second factor does not count for a user who needs one now (the policy
+/// may have changed since): they sign in again.
 pub(super) async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     let id_hash = hash_client_secret(&cookie(headers, SESSION_COOKIE)?);
     let live = state.identity.store.session(&id_hash, state.identity.clock.now()).await.ok().flatten()?;
-    Some(Session { id_hash, user_id: live.user_id, auth_time: live.auth_time, sid: live.sid })
+    if !live.amr.split(' ').any(|m| m == "mfa") && second_factor_required(state, &live.user_id) {
+        return None;
+    }
+    Some(Session { id_hash, user_id: live.user_id, auth_time: live.auth_time, sid: live.sid, amr: live.amr })
+}
+
+/// Whether web sign-ins of this user need a second factor (`mfa.web` and
+/// the MFA policy).
+pub(super) fn second_factor_required(state: &AppState, user_id: &str) -> bool {
+    if !state.identity.config.mfa.web {
+        return false;
+    }
+    let snap = state.identity.directory.load();
+    snap.user_by_id(user_id)
+        .and_then(|e| snap.account(&e.ndn))
+        .is_some_and(|account| state.identity.mfa.required(&snap, account))
 }
 
 /// Ends a sign-in session (only `owner`'s, when given) and sends logout
@@ -379,6 +410,7 @@ async fn continue_authorization(state: &AppState, req: &AuthRequest, session: &S
         code_challenge: req.code_challenge.clone(),
         auth_time: session.auth_time,
         sid: Some(session.sid.clone()),
+        amr: Some(session.amr.clone()),
         expires_at: now + i64::try_from(state.identity.config.http.code_ttl_secs).unwrap_or(60),
     };
     if let Err(e) = state.identity.store.insert_code(&hash_client_secret(&code), &grant).await {
@@ -636,9 +668,14 @@ async fn finish_logout(state: &AppState, session_id: Option<&str>, target: Optio
 
 /// A complete HTML page with the security headers every page carries.
 pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    page_with_head(status, title, "", body)
+}
+
+/// [`page`] with extra trusted markup in `<head>` (a meta refresh).
+pub(super) fn page_with_head(status: StatusCode, title: &str, head: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{head}\
          <title>{title} · Portcullis</title><style>body{{font-family:sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem}}\
          input{{width:100%;padding:.4rem}}.error{{color:#a00}}</style></head>\
          <body><main><h1>{title}</h1>{body}</main></body></html>",

@@ -14,6 +14,11 @@
 //! `ldap_access_filter` snippet) and rfc2307 over LDAPS
 //! (`sssd-examples/sssd-rfc2307.conf`). Both verify the server certificate
 //! against the generated CA (`ldap_tls_reqcert = demand`).
+//!
+//! A third test logs in over SSH as users who need push approval, with the
+//! reference device (`portcullis device …`) approving, denying or staying
+//! silent, and once through an SSSD whose `ldap_opt_timeout` is below
+//! Portcullis's deadline, so SSSD abandons and re-sends the waiting bind.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -862,4 +867,204 @@ fn check_pam_and_ssh(ctx: &Ctx, sc: &Scenario) {
             }
         }
     });
+}
+
+// ---------------------------------------------------------------------------
+// Push 2FA over SSH
+// ---------------------------------------------------------------------------
+
+/// The group whose members need a second factor in the push test.
+const MFA_GROUP: &str = "mfausers";
+/// Approves (and then logs in again inside the approval window).
+const APPROVER: (&str, &str) = ("pcmfaok", "mfaok-Right-pw-1");
+/// Denies on the device.
+const DENIER: (&str, &str) = ("pcmfano", "mfano-Right-pw-2");
+/// Never answers.
+const SILENT: (&str, &str) = ("pcmfaidle", "mfaidle-Right-pw-3");
+/// Logs in through an SSSD whose ldap_opt_timeout is below the deadline.
+const RESENDER: (&str, &str) = ("pcmfaslow", "mfaslow-Right-pw-4");
+/// Not in the MFA group.
+const PLAIN: (&str, &str) = ("pcplain", "plain-Right-pw-5");
+/// Portcullis's mfa.ldap_deadline_secs in this test (50 by default).
+const DEADLINE_SECS: u64 = 6;
+
+/// SSH logins through real SSSD and sshd, with the shipped configuration,
+/// for users who need push approval (`mfa.required_groups`): approve → in,
+/// with exactly one challenge on the device; a second login from the same
+/// host inside the approval window needs no push (two at once, as editors
+/// open them); deny → out; no answer → out at the deadline, while another
+/// user's login goes through undelayed; and an SSSD that gives up before
+/// the deadline (ldap_opt_timeout below it, so it abandons the bind and
+/// re-sends it) still makes only one push and takes its approval.
+#[test]
+fn ssh_login_with_push_approval() {
+    use crate::mfa_ldap::{Device, pushes};
+    for tool in ["sssd", "unshare", "nsenter", "mount", "getent", "sshd", "ssh", "sshpass", "ssh-keygen", "timeout"] {
+        require_tool(tool);
+    }
+    assert!(Path::new("/usr/sbin/sshd").is_file(), "/usr/sbin/sshd is missing; install openssh-server");
+    let host_before = host_fingerprint();
+
+    let deadline = DEADLINE_SECS.to_string();
+    let server = TestServer::start_with(&[
+        ("PORTCULLIS_DIRECTORY__ID_RANGE_START", "1880000"),
+        ("PORTCULLIS_DIRECTORY__ID_RANGE_END", "1889999"),
+        ("PORTCULLIS_MFA__REQUIRED_GROUPS", "[\"mfausers\"]"),
+        ("PORTCULLIS_MFA__LDAP_DEADLINE_SECS", &deadline),
+    ]);
+    server.cli(&["group", "add", MFA_GROUP], None);
+    for (user, pw) in [APPROVER, DENIER, SILENT, RESENDER, PLAIN] {
+        server.cli(&["user", "add", user, "--password-stdin"], Some(&format!("{pw}\n")));
+        if user != PLAIN.0 {
+            server.cli(&["group", "add-member", MFA_GROUP, user], None);
+        }
+    }
+    server.add_service(SSSD_ACCOUNT, SSSD_PASSWORD);
+    // Devices enroll against the server's snapshot, which follows the CLI within a second.
+    server.settle();
+    let device = |user: &str| Device::enroll(&server, user);
+    let (approver, denier, silent, resender) =
+        (device(APPROVER.0), device(DENIER.0), device(SILENT.0), device(RESENDER.0));
+    assert!(
+        wait_until(Duration::from_secs(10), || ldap_bind_ok(&server, &user_dn(PLAIN.0), PLAIN.1)),
+        "the server does not accept the new users; log:\n{}",
+        server.log()
+    );
+
+    let sc = Scenario { example: "sssd-rfc2307.conf", schema: "rfc2307", starttls: false, access_filter_group: None };
+    let uri = format!("ldaps://127.0.0.1:{}", server.ldaps_port);
+    let sssd_conf = sandbox_sssd_conf(&sc, &server, &uri);
+    let opt_timeout: u64 = ini_settings(&sssd_conf, "domain/portcullis")["ldap_opt_timeout"].parse().expect("number");
+    assert!(opt_timeout > DEADLINE_SECS + 10, "the shipped ldap_opt_timeout must exceed the deadline");
+    let sandbox = Sandbox::start(&sssd_conf, &[], PLAIN.0);
+    let ctx = Ctx { server: &server, sandbox: &sandbox };
+    check_sshd_config(&ctx);
+    let effective =
+        ctx.ok(&["/usr/sbin/sshd", "-T", "-f", &ctx.sandbox.workdir().join("sshd_config").display().to_string()]);
+    assert!(effective.lines().any(|l| l.trim() == "logingracetime 120"), "LoginGraceTime:\n{effective}");
+
+    // A login without MFA, for comparison.
+    let started = Instant::now();
+    let out = ctx.ssh(PLAIN.0, PLAIN.1, "id -un");
+    assert!(ssh_as(&out, PLAIN.0), "ssh as {} failed:\n{}", PLAIN.0, ctx.explain(&out));
+    let plain_baseline = started.elapsed();
+
+    // 1. Approve: exactly one challenge reaches the device, then the login completes.
+    std::thread::scope(|s| {
+        let login = s.spawn(|| ctx.ssh(APPROVER.0, APPROVER.1, "id -un"));
+        let open = approver.wait_for_challenges(&server, Duration::from_secs(20));
+        assert_eq!(open.len(), 1, "one login, one challenge: {open:?}");
+        let what = open[0]["what"].as_str().unwrap_or_default();
+        assert_eq!(what, "SSH login to 127.0.0.1", "{open:?}");
+        // SSSD sends one bind per login: nothing else arrives while it waits.
+        std::thread::sleep(Duration::from_secs(1));
+        let still = approver.pending(&server, 0);
+        assert!(still.len() == 1 && still[0]["id"] == open[0]["id"], "{still:?}");
+        assert!(!login.is_finished(), "the login must wait for the approval");
+        approver.answer(&server, &open[0], "approve");
+        let out = login.join().expect("thread");
+        assert!(ssh_as(&out, APPROVER.0), "approved ssh login failed:\n{}", ctx.explain(&out));
+    });
+    assert_eq!(pushes(&server, APPROVER.0), 1);
+
+    // 2. Inside the approval window, two more logins from the same host at
+    //    once: no push, no wait.
+    std::thread::scope(|s| {
+        let logins: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let started = Instant::now();
+                    (ctx.ssh(APPROVER.0, APPROVER.1, "id -un"), started.elapsed())
+                })
+            })
+            .collect();
+        for login in logins {
+            let (out, took) = login.join().expect("thread");
+            assert!(ssh_as(&out, APPROVER.0), "login inside the approval window failed:\n{}", ctx.explain(&out));
+            assert!(took < Duration::from_secs(DEADLINE_SECS), "it waited {took:?}");
+        }
+    });
+    assert_eq!(pushes(&server, APPROVER.0), 1, "no new push inside the approval window");
+    assert!(approver.pending(&server, 0).is_empty());
+
+    // 3. Deny: the login fails.
+    std::thread::scope(|s| {
+        let login = s.spawn(|| ctx.ssh(DENIER.0, DENIER.1, "id -un"));
+        let open = denier.wait_for_challenges(&server, Duration::from_secs(20));
+        assert_eq!(open.len(), 1, "{open:?}");
+        denier.answer(&server, &open[0], "deny");
+        let out = login.join().expect("thread");
+        assert!(!out.status.success() && !ssh_as(&out, DENIER.0), "denied login got in:\n{}", ctx.explain(&out));
+    });
+    assert_eq!(pushes(&server, DENIER.0), 1);
+    assert!(ctx.bind_failures(DENIER.0, "push denied") >= 1, "log:\n{}", server.log());
+
+    // 4. No answer: the login fails at the deadline; meanwhile a login
+    //    without MFA goes through as fast as before.
+    std::thread::scope(|s| {
+        let started = Instant::now();
+        let login = s.spawn(|| ctx.ssh(SILENT.0, SILENT.1, "id -un"));
+        let open = silent.wait_for_challenges(&server, Duration::from_secs(20));
+        assert_eq!(open.len(), 1, "{open:?}");
+        let plain_started = Instant::now();
+        let out = ctx.ssh(PLAIN.0, PLAIN.1, "id -un");
+        let plain_took = plain_started.elapsed();
+        assert!(ssh_as(&out, PLAIN.0), "ssh as {} failed:\n{}", PLAIN.0, ctx.explain(&out));
+        assert!(!login.is_finished(), "the pending login ended before the other user's login did");
+        assert!(
+            plain_took < plain_baseline + Duration::from_secs(3),
+            "a login without MFA took {plain_took:?} while a push was pending ({plain_baseline:?} before)"
+        );
+        let out = login.join().expect("thread");
+        let took = started.elapsed();
+        assert!(!out.status.success() && !ssh_as(&out, SILENT.0), "unanswered login got in:\n{}", ctx.explain(&out));
+        assert!(
+            took >= Duration::from_secs(DEADLINE_SECS) && took < Duration::from_secs(DEADLINE_SECS + 10),
+            "an unanswered login should fail at the {DEADLINE_SECS} s deadline, took {took:?}"
+        );
+    });
+    assert_eq!(pushes(&server, SILENT.0), 1);
+    assert!(ctx.bind_failures(SILENT.0, "no push answer before the LDAP deadline") >= 1, "log:\n{}", server.log());
+
+    let mut sandbox = sandbox;
+    sandbox.stop();
+
+    // 5. SSSD with ldap_opt_timeout (2 s) below the deadline: it abandons
+    //    the waiting bind and re-sends it on a new connection. The re-sent
+    //    binds join the same challenge: one push, and the approval lets the
+    //    login in.
+    let impatient = append_to_section(&sssd_conf, "domain/portcullis", &["ldap_opt_timeout = 2"]);
+    let sandbox = Sandbox::start(&impatient, &[], PLAIN.0);
+    let ctx = Ctx { server: &server, sandbox: &sandbox };
+    std::thread::scope(|s| {
+        let started = Instant::now();
+        let login = s.spawn(|| ctx.ssh(RESENDER.0, RESENDER.1, "id -un"));
+        let open = resender.wait_for_challenges(&server, Duration::from_secs(20));
+        assert_eq!(open.len(), 1, "{open:?}");
+        // Let SSSD give up on the first bind at least once.
+        std::thread::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed()));
+        let still = resender.pending(&server, 0);
+        assert!(still.len() == 1 && still[0]["id"] == open[0]["id"], "re-sent binds made new challenges: {still:?}");
+        resender.answer(&server, &open[0], "approve");
+        let out = login.join().expect("thread");
+        assert!(ssh_as(&out, RESENDER.0), "login with re-sent binds failed:\n{}", ctx.explain(&out));
+    });
+    assert_eq!(pushes(&server, RESENDER.0), 1, "SSSD's re-sent binds made no new push");
+    let approved_binds = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("bind succeeded") && l.contains(&user_dn(RESENDER.0)) && l.contains("push approved"))
+        .count();
+    assert!(approved_binds >= 2, "SSSD did not re-send the bind (ldap_opt_timeout = 2):\n{}", server.log());
+    assert!(!server.log().contains(RESENDER.1), "a password reached the log");
+
+    let mut sandbox = sandbox;
+    sandbox.stop();
+    let host_after = host_fingerprint();
+    assert_host_unchanged(&host_before, &host_after);
+}
+
+/// Whether an ssh run succeeded and printed `user` (from `id -un`).
+fn ssh_as(out: &Output, user: &str) -> bool {
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == user
 }
