@@ -115,6 +115,9 @@ pub enum UserMfaCmd {
     /// Start TOTP enrollment: prints the otpauth URL and the secret; the
     /// first valid code confirms it.
     Totp { name: String },
+    /// Confirm a started TOTP enrollment with a current code from the app
+    /// (for users who only log in over SSH: LDAP accepts confirmed TOTP only).
+    TotpConfirm { name: String, code: String },
     /// Replace a user's recovery codes; prints the 10 new codes once.
     RecoveryCodes { name: String },
 }
@@ -454,6 +457,7 @@ async fn user_mfa(config: &Config, store: &Store, cmd: UserMfaCmd, actor: &Actor
         | UserMfaCmd::Reset { name }
         | UserMfaCmd::Unlock { name }
         | UserMfaCmd::Totp { name }
+        | UserMfaCmd::TotpConfirm { name, .. }
         | UserMfaCmd::RecoveryCodes { name } => name.clone(),
     };
     let Some(user) = store.user(&name).await? else { bail!("{} {name:?} does not exist", Kind::User) };
@@ -507,6 +511,16 @@ async fn user_mfa(config: &Config, store: &Store, cmd: UserMfaCmd, actor: &Actor
             audit("mfa.totp_started", String::new()).await?;
             println!("otpauth_url: {url}");
             println!("secret: {secret}");
+        }
+        UserMfaCmd::TotpConfirm { code, .. } => {
+            if store.totp(&user.id).await?.is_none() {
+                bail!("user {} has no TOTP enrollment; start one with `user mfa totp`", user.name);
+            }
+            if !mfa.verify_totp(&user.id, &code).await? {
+                bail!("the code is wrong, expired or already used");
+            }
+            audit("mfa.totp_confirmed", String::new()).await?;
+            println!("TOTP of user {} confirmed", user.name);
         }
         UserMfaCmd::RecoveryCodes { .. } => {
             let codes = mfa.new_recovery_codes(&user.id).await?;

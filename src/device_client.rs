@@ -64,7 +64,8 @@ pub enum DeviceCmd {
     Answer {
         #[arg(long, value_name = "FILE")]
         key_file: PathBuf,
-        /// The challenge id (from `pending`).
+        /// The challenge id (from `pending`; base64url, so it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         challenge_id: String,
         /// approve, deny, or fraud ("this wasn't me": stops further pushes
         /// to the user until an admin runs `user mfa unlock`).

@@ -94,6 +94,10 @@ impl Mfa {
         if !self.config.ldap || !self.required(snap, account) {
             return Ok(LdapFactor::NotRequired);
         }
+        if self.compat().is_some() {
+            // The existing push service knows the phones, not us.
+            return Ok(LdapFactor::Push);
+        }
         let factors = self.factors(&account.id).await?;
         Ok(if !factors.devices.is_empty() {
             LdapFactor::Push
@@ -119,17 +123,88 @@ impl Mfa {
             source: Some(host),
             number_matching: false,
         };
+        if let Some(compat) = self.compat() {
+            return self.compat_push(compat, req, limit).await;
+        }
         let challenge = match self.request_approval(req).await? {
             Err(refusal) => return Ok(LdapPush::Refused(refusal)),
             Ok(Ticket::AlreadyApproved) => return Ok(LdapPush::Approved { reused: true }),
             Ok(Ticket::Pending { challenge, .. }) => challenge,
         };
-        Ok(match self.challenges.wait(&challenge, limit).await {
+        Ok(self.wait_push(&challenge, limit).await)
+    }
+}
+
+impl Mfa {
+    /// Waits at most `limit` for a bind's challenge to be answered.
+    async fn wait_push(&self, challenge: &super::challenge::Challenge, limit: Duration) -> LdapPush {
+        match self.challenges.wait(challenge, limit).await {
             Outcome::Approved { .. } => LdapPush::Approved { reused: false },
             Outcome::Denied { fraud, .. } => LdapPush::Denied { fraud },
             Outcome::Expired => LdapPush::Expired,
             Outcome::Pending => LdapPush::TimedOut,
-        })
+        }
+    }
+
+    /// [`Mfa::ldap_push`] through an existing push-approval service
+    /// (`push.webhook.mode = "compat"`). Portcullis keeps its own rules
+    /// around it: push locks, fatigue limits and coalescing come from the
+    /// challenge registry (the old service keeps one pending request per
+    /// user and lets a newer one replace it, so sending two would let one
+    /// answer approve the other), the wait is bounded by the bind's
+    /// deadline, and a timeout or any error denies.
+    async fn compat_push(
+        &self,
+        compat: &crate::push::webhook::CompatClient,
+        req: ChallengeRequest,
+        limit: Duration,
+    ) -> StoreResult<LdapPush> {
+        use super::device::Verdict;
+        use crate::push::webhook::CompatDecision;
+        let now = self.clock.now();
+        let username = req.username.clone();
+        let user_id = req.user_id.clone();
+        if self.store.push_locked(&user_id).await? {
+            self.audit(&username, "mfa.push_refused", "pushes locked after a fraud report", now).await;
+            return Ok(LdapPush::Refused(PushRefusal::Locked));
+        }
+        let what = req.purpose.describe();
+        let challenge = match self.challenges.request(req) {
+            Err(refusal) => {
+                self.audit(&username, "mfa.push_refused", &format!("{what}: {refusal}"), now).await;
+                return Ok(LdapPush::Refused(PushRefusal::Limit(refusal)));
+            }
+            Ok(Ticket::AlreadyApproved) => return Ok(LdapPush::Approved { reused: true }),
+            Ok(Ticket::Pending { challenge, fresh: false }) => challenge,
+            Ok(Ticket::Pending { challenge, fresh: true }) => {
+                let detail = format!("{what} (challenge {}, via the compatibility push service)", challenge.id);
+                self.audit(&username, "mfa.challenge", &detail, now).await;
+                let wait = compat.timeout().min(limit);
+                let body = format!("{what}. Approve only if this is you.");
+                let verdict = match compat.send_notification(&username, "Sign-in request", &body, wait).await {
+                    Ok(CompatDecision::Approve) => Verdict::Approve { number: None },
+                    Ok(decision) => {
+                        tracing::info!(user = %username, ?decision, "compatibility push not approved");
+                        Verdict::Deny
+                    }
+                    Err(e) => {
+                        tracing::warn!(user = %username, error = %e, "compatibility push service failed; denying");
+                        Verdict::Deny
+                    }
+                };
+                let answered = self.challenges.answer(&challenge.id, &user_id, "compat", verdict);
+                let detail =
+                    format!("challenge {}: {} by the compatibility push service", challenge.id, verdict.word());
+                self.audit(&username, "mfa.answer", &detail, self.clock.now()).await;
+                return Ok(match answered {
+                    Ok(Outcome::Approved { .. }) => LdapPush::Approved { reused: false },
+                    Ok(_) => LdapPush::Denied { fraud: false },
+                    // Expired while the service was asked.
+                    Err(_) => LdapPush::Expired,
+                });
+            }
+        };
+        Ok(self.wait_push(&challenge, limit).await)
     }
 }
 

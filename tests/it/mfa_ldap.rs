@@ -309,3 +309,166 @@ fn closed_connection_keeps_the_challenge_for_the_next_bind() {
     });
     assert_eq!(pushes(&server, USER), 1);
 }
+
+/// A stand-in for the push-approval service existing deployments run
+/// (../shared/PUSH-COMPAT.md): `POST /send-notification`, the answer decided
+/// by the user name, every request body recorded.
+struct OldPushService {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OldPushService {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = std::sync::Arc::clone(&log);
+                std::thread::spawn(move || Self::serve(stream, &log));
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn serve(mut stream: TcpStream, log: &std::sync::Mutex<Vec<serde_json::Value>>) {
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head_end, length) = loop {
+            let Ok(n) = stream.read(&mut chunk) else { return };
+            if n == 0 {
+                return;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..i]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                    .unwrap_or(0);
+                break (i + 4, length);
+            }
+        };
+        while raw.len() < head_end + length {
+            let Ok(n) = stream.read(&mut chunk) else { return };
+            if n == 0 {
+                return;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        let request_line = String::from_utf8_lossy(&raw[..head_end]).lines().next().unwrap_or_default().to_string();
+        let body: serde_json::Value = serde_json::from_slice(&raw[head_end..head_end + length]).unwrap_or_default();
+        let user = body["username"].as_str().unwrap_or_default().to_string();
+        log.lock().expect("log").push(serde_json::json!({ "request": request_line, "body": body }));
+        let (status, answer) = match user.as_str() {
+            "cpapprove" => (200, r#"{"success":true,"action":"approve"}"#),
+            "cpreject" => (200, r#"{"success":true,"action":"reject"}"#),
+            "cptimeout" => (200, r#"{"success":true,"action":"timeout"}"#),
+            "cpnodevice" => (404, r#"{"success":false,"message":"no devices","errorCode":"NO_DEVICES"}"#),
+            _ => (403, r#"{"success":false,"message":"device not approved","errorCode":"FORBIDDEN"}"#),
+        };
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        let _ = stream.write_all(reply.as_bytes());
+    }
+
+    fn requests_for(&self, user: &str) -> Vec<serde_json::Value> {
+        let seen = self.seen.lock().expect("log");
+        seen.iter().filter(|r| r["body"]["username"] == user).cloned().collect()
+    }
+}
+
+/// Sites that already enrolled phones in the old push service keep them:
+/// in compatibility mode LDAP binds are approved through its
+/// `send-notification` contract, with Portcullis's own rules around it.
+#[test]
+fn compatibility_push_service_decides_ldap_binds() {
+    let old = OldPushService::start();
+    let url = format!("http://127.0.0.1:{}", old.port);
+    let server = TestServer::start_with(&[
+        ("PORTCULLIS_MFA__REQUIRED_GROUPS", "[\"cpusers\"]"),
+        ("PORTCULLIS_MFA__LDAP_DEADLINE_SECS", "5"),
+        ("PORTCULLIS_PUSH__WEBHOOK__URL", url.as_str()),
+        ("PORTCULLIS_PUSH__WEBHOOK__MODE", "compat"),
+        ("PORTCULLIS_PUSH__WEBHOOK__APIKEY", "old-service-api-key"),
+        ("PORTCULLIS_PUSH__WEBHOOK__TIMEOUT_SECS", "3"),
+    ]);
+    server.cli(&["group", "add", "cpusers"], None);
+    for user in ["cpapprove", "cpreject", "cptimeout", "cpnodevice", "cpforbidden", "cpsuspended"] {
+        server.add_user(user, "Compat-pw-123");
+        server.cli(&["group", "add-member", "cpusers", user], None);
+    }
+    server.add_user("cpfree", "Compat-pw-123");
+    server.cli(&["user", "disable", "cpsuspended"], None);
+    server.settle();
+    let bind = |user: &str, password: &str| {
+        bind_from(Ipv4Addr::new(127, 0, 2, 1), server.ldap_port, &user_dn(user), password, Duration::from_secs(15))
+    };
+
+    assert_eq!(bind("cpapprove", "Compat-pw-123"), Ok(LdapResultCode::Success), "approve lets the bind in");
+    let sent = old.requests_for("cpapprove");
+    assert_eq!(sent.len(), 1, "one notification per login: {sent:?}");
+    assert_eq!(sent[0]["request"], "POST /send-notification HTTP/1.1");
+    let body = &sent[0]["body"];
+    assert_eq!(body["apikey"], "old-service-api-key");
+    assert!(body["body"].as_str().unwrap_or_default().contains("SSH login to 127.0.2.1"), "{body}");
+    let actions: Vec<&str> =
+        body["actions"].as_array().expect("actions").iter().filter_map(|a| a["title"].as_str()).collect();
+    assert_eq!(actions, ["Approve", "Reject"]);
+    // Within the approval window the same host needs no new notification.
+    assert_eq!(bind("cpapprove", "Compat-pw-123"), Ok(LdapResultCode::Success));
+    assert_eq!(old.requests_for("cpapprove").len(), 1);
+
+    for user in ["cpreject", "cptimeout", "cpnodevice", "cpforbidden"] {
+        assert_eq!(bind(user, "Compat-pw-123"), Ok(LdapResultCode::InvalidCredentials), "{user} stays out");
+        assert_eq!(old.requests_for(user).len(), 1, "{user}");
+    }
+    // A wrong password or a suspended user never reaches the phone.
+    assert_eq!(bind("cpreject", "wrong-password"), Ok(LdapResultCode::InvalidCredentials));
+    assert_eq!(old.requests_for("cpreject").len(), 1, "no push before the password verifies");
+    assert_eq!(bind("cpsuspended", "Compat-pw-123"), Ok(LdapResultCode::InvalidCredentials));
+    assert!(old.requests_for("cpsuspended").is_empty(), "suspended users get no push");
+    // Users outside the required groups are not asked.
+    assert_eq!(bind("cpfree", "Compat-pw-123"), Ok(LdapResultCode::Success));
+    assert!(old.requests_for("cpfree").is_empty());
+    assert!(!server.log().contains("old-service-api-key"), "the API key is never logged");
+    assert_eq!(pushes(&server, "cpapprove"), 1, "audited as one challenge");
+}
+
+/// Without a push device, an SSH-only user appends a TOTP code to the
+/// password in the same bind; the admin confirms the enrollment with a code
+/// from the app, each code works once, and a bare password is refused.
+#[test]
+fn totp_code_appended_to_the_ldap_password() {
+    let server = TestServer::start_with(&[("PORTCULLIS_MFA__REQUIRED_GROUPS", "[\"otpusers\"]")]);
+    server.cli(&["group", "add", "otpusers"], None);
+    server.add_user("otpuser", "Otp-pw-123");
+    server.cli(&["group", "add-member", "otpusers", "otpuser"], None);
+    let out = server.cli(&["user", "mfa", "totp", "otpuser"], None);
+    let b32 = out.lines().find_map(|l| l.strip_prefix("secret: ")).expect("secret line").to_string();
+    let secret = totp_rs::Secret::Encoded(b32).to_bytes().expect("base32 secret");
+    let now = || {
+        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+    };
+    let code = |at: i64| portcullis::mfa::totp::code_at(&secret, at).expect("code");
+    server.settle();
+    let bind = |password: &str| {
+        bind_from(Ipv4Addr::new(127, 0, 3, 1), server.ldap_port, &user_dn("otpuser"), password, Duration::from_secs(10))
+    };
+    assert_eq!(bind("Otp-pw-123"), Ok(LdapResultCode::InvalidCredentials), "unconfirmed TOTP is no factor");
+
+    let wrong = server.cli_output(&["user", "mfa", "totp-confirm", "otpuser", "000000"], None);
+    assert!(!wrong.status.success() || code(now()) == "000000", "a wrong code does not confirm");
+    server.cli(&["user", "mfa", "totp-confirm", "otpuser", &code(now() - 30)], None);
+    assert!(server.cli(&["user", "mfa", "show", "otpuser"], None).contains("totp: yes"));
+
+    let current = code(now());
+    assert_eq!(bind("Otp-pw-123"), Ok(LdapResultCode::InvalidCredentials), "the password alone is not enough");
+    assert_eq!(bind(&format!("Otp-pw-123{current}")), Ok(LdapResultCode::Success), "password + code");
+    assert_eq!(bind(&format!("Otp-pw-123{current}")), Ok(LdapResultCode::InvalidCredentials), "a code works once");
+    assert_eq!(bind(&format!("wrong-pw{}", code(now() + 30))), Ok(LdapResultCode::InvalidCredentials));
+}
