@@ -313,13 +313,14 @@ fn closed_connection_keeps_the_challenge_for_the_next_bind() {
 /// A stand-in for the push-approval service existing deployments run
 /// (../shared/PUSH-COMPAT.md): `POST /send-notification`, the answer decided
 /// by the user name, every request body recorded.
-struct OldPushService {
-    port: u16,
+pub struct OldPushService {
+    pub port: u16,
     seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 impl OldPushService {
-    fn start() -> Self {
+    /// Starts the stand-in on a free loopback port.
+    pub fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
         let port = listener.local_addr().expect("addr").port();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -376,7 +377,8 @@ impl OldPushService {
         let _ = stream.write_all(reply.as_bytes());
     }
 
-    fn requests_for(&self, user: &str) -> Vec<serde_json::Value> {
+    /// The requests made for `user`, in order.
+    pub fn requests_for(&self, user: &str) -> Vec<serde_json::Value> {
         let seen = self.seen.lock().expect("log");
         seen.iter().filter(|r| r["body"]["username"] == user).cloned().collect()
     }

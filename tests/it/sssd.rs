@@ -1064,6 +1064,69 @@ fn ssh_login_with_push_approval() {
     assert_host_unchanged(&host_before, &host_after);
 }
 
+/// Sites that keep the phones enrolled in their existing push-approval
+/// service: SSH logins through real SSSD + sshd are decided by that service
+/// (a stand-in speaking its contract): approve lets the login in; reject,
+/// its 200 "timeout" and its errors keep it out; a suspended user's login
+/// sends no push at all.
+#[test]
+fn ssh_login_through_the_compatibility_push_service() {
+    use crate::mfa_ldap::OldPushService;
+    for tool in ["sssd", "unshare", "nsenter", "mount", "getent", "sshd", "ssh", "sshpass", "ssh-keygen", "timeout"] {
+        require_tool(tool);
+    }
+    let host_before = host_fingerprint();
+    let old = OldPushService::start();
+    let url = format!("http://127.0.0.1:{}", old.port);
+    let server = TestServer::start_with(&[
+        ("PORTCULLIS_DIRECTORY__ID_RANGE_START", "1890000"),
+        ("PORTCULLIS_DIRECTORY__ID_RANGE_END", "1899999"),
+        ("PORTCULLIS_MFA__REQUIRED_GROUPS", "[\"cpusers\"]"),
+        ("PORTCULLIS_MFA__LDAP_DEADLINE_SECS", "6"),
+        ("PORTCULLIS_PUSH__WEBHOOK__URL", url.as_str()),
+        ("PORTCULLIS_PUSH__WEBHOOK__MODE", "compat"),
+        ("PORTCULLIS_PUSH__WEBHOOK__TIMEOUT_SECS", "4"),
+    ]);
+    const PW: &str = "compat-Right-pw-1";
+    server.cli(&["group", "add", "cpusers"], None);
+    for user in ["cpapprove", "cpreject", "cptimeout", "cpforbidden", "cpsuspended"] {
+        server.cli(&["user", "add", user, "--password-stdin"], Some(&format!("{PW}\n")));
+        server.cli(&["group", "add-member", "cpusers", user], None);
+    }
+    server.cli(&["user", "add", PLAIN.0, "--password-stdin"], Some(&format!("{}\n", PLAIN.1)));
+    server.add_service(SSSD_ACCOUNT, SSSD_PASSWORD);
+    assert!(
+        wait_until(Duration::from_secs(10), || ldap_bind_ok(&server, &user_dn(PLAIN.0), PLAIN.1)),
+        "the server does not accept the new users; log:\n{}",
+        server.log()
+    );
+    let sc = Scenario { example: "sssd-rfc2307.conf", schema: "rfc2307", starttls: false, access_filter_group: None };
+    let uri = format!("ldaps://127.0.0.1:{}", server.ldaps_port);
+    let sandbox = Sandbox::start(&sandbox_sssd_conf(&sc, &server, &uri), &[], PLAIN.0);
+    let ctx = Ctx { server: &server, sandbox: &sandbox };
+
+    let out = ctx.ssh("cpapprove", PW, "id -un");
+    assert!(ssh_as(&out, "cpapprove"), "approved login failed:\n{}", ctx.explain(&out));
+    let sent = old.requests_for("cpapprove");
+    assert_eq!(sent.len(), 1, "one notification per login: {sent:?}");
+    assert!(sent[0]["body"]["body"].as_str().unwrap_or_default().contains("SSH login to"), "{sent:?}");
+    for user in ["cpreject", "cptimeout", "cpforbidden"] {
+        let out = ctx.ssh(user, PW, "id -un");
+        assert!(!out.status.success() && !ssh_as(&out, user), "{user} got in:\n{}", ctx.explain(&out));
+        assert!(!old.requests_for(user).is_empty(), "{user}: no notification sent");
+    }
+    // Suspend between logins: no push at all, and no way in.
+    server.cli(&["user", "disable", "cpsuspended"], None);
+    server.settle();
+    let out = ctx.ssh("cpsuspended", PW, "id -un");
+    assert!(!out.status.success() && !ssh_as(&out, "cpsuspended"), "suspended user got in:\n{}", ctx.explain(&out));
+    assert!(old.requests_for("cpsuspended").is_empty(), "a suspended user's login sent a push");
+
+    let mut sandbox = sandbox;
+    sandbox.stop();
+    assert_host_unchanged(&host_before, &host_fingerprint());
+}
+
 /// Whether an ssh run succeeded and printed `user` (from `id -un`).
 fn ssh_as(out: &Output, user: &str) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == user
