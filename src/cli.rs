@@ -108,7 +108,7 @@ pub enum UserMfaCmd {
     Show { name: String },
     /// Remove one approval device (its id from `user mfa show`).
     RemoveDevice { name: String, device_id: String },
-    /// Remove all of a user's approval devices (a lost phone).
+    /// Remove all of a user's approval devices and security keys (a lost phone or key).
     Reset { name: String },
     /// Let pushes reach a user again after a "this wasn't me" report.
     Unlock { name: String },
@@ -486,6 +486,7 @@ async fn user_mfa(config: &Config, store: &Store, cmd: UserMfaCmd, actor: &Actor
                 (false, false) => "no",
             };
             println!("totp: {totp}");
+            println!("security keys: {}", store.webauthn_count(&user.id).await?);
             println!("recovery codes left: {}", factors.recovery_codes_left);
             println!("pushes locked: {}", if store.push_locked(&user.id).await? { "yes" } else { "no" });
         }
@@ -498,8 +499,9 @@ async fn user_mfa(config: &Config, store: &Store, cmd: UserMfaCmd, actor: &Actor
         }
         UserMfaCmd::Reset { .. } => {
             let removed = store.remove_devices_of(&user.id).await?;
-            audit("mfa.devices_reset", format!("{removed} devices removed")).await?;
-            println!("{removed} devices of user {} removed", user.name);
+            let keys = store.remove_webauthn_credentials_of(&user.id).await?;
+            audit("mfa.devices_reset", format!("{removed} devices and {keys} security keys removed")).await?;
+            println!("{removed} devices and {keys} security keys of user {} removed", user.name);
         }
         UserMfaCmd::Unlock { .. } => {
             let was_locked = store.unlock_push(&user.id).await?;

@@ -77,6 +77,9 @@ impl Identity {
             source_lock_secs: i64::try_from(a.source_lockout_secs).unwrap_or(i64::MAX),
         });
         let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), Arc::clone(&clock), config.data_dir.clone());
+        if let Err(e) = mfa.set_webauthn_issuer(&config.http.issuer()) {
+            tracing::warn!(error = %e, "security keys and passkeys (WebAuthn) are unavailable");
+        }
         Ok(Arc::new(Self {
             directory: Directory::new(snapshot),
             config,

@@ -37,7 +37,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&config)?;
     let identity = Identity::open(Arc::clone(&config), store, Arc::new(SystemClock)).await?;
     let outbound = crate::outbound::HttpClient::new()?;
-    start_push(&config, &identity, &outbound)?;
+    let vapid_public_key = start_push(&config, &identity, &outbound)?;
 
     let ldap = TcpListener::bind(config.ldap.listen)
         .await
@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 identity: Arc::clone(&identity),
                 provider: Arc::clone(&p.0),
                 outbound: outbound.clone(),
+                vapid_public_key,
             };
             Some(tokio::spawn(crate::web::serve(listener, Arc::clone(&tls), state, stop_rx.clone())))
         }
@@ -93,8 +94,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Builds the configured push senders and has new challenges pushed
 /// through them (devices without a push address poll instead); hands the
-/// compatibility-mode client, if configured, to the MFA service.
-fn start_push(config: &Config, identity: &Identity, outbound: &crate::outbound::HttpClient) -> anyhow::Result<()> {
+/// compatibility-mode client, if configured, to the MFA service. Returns
+/// the VAPID public key when Web Push is on (the approval app needs it).
+fn start_push(
+    config: &Config,
+    identity: &Identity,
+    outbound: &crate::outbound::HttpClient,
+) -> anyhow::Result<Option<String>> {
     let sealer = Arc::new(crate::secrets::Sealer::load_or_create(&config.data_dir)?);
     let senders = crate::push::Senders::from_config(
         &config.push,
@@ -111,7 +117,10 @@ fn start_push(config: &Config, identity: &Identity, outbound: &crate::outbound::
     if let Some(compat) = senders.compat() {
         identity.mfa.set_compat(compat.clone());
     }
-    Ok(())
+    if let Some(webhook) = senders.webhook() {
+        identity.mfa.set_webhook(webhook.clone());
+    }
+    Ok(senders.vapid_public_key().map(str::to_string))
 }
 
 /// The OpenID provider with the sealer that opens its keys.

@@ -10,6 +10,7 @@ pub mod notify;
 pub mod pending;
 pub mod recovery;
 pub mod totp;
+pub mod webauthn;
 
 use std::sync::{Arc, OnceLock};
 
@@ -86,12 +87,14 @@ pub struct Factors {
     /// A confirmed TOTP secret.
     pub totp: bool,
     pub recovery_codes_left: i64,
+    /// Registered WebAuthn credentials (0 when WebAuthn is unavailable).
+    pub webauthn: usize,
 }
 
 impl Factors {
     /// Whether the user has any second factor at all.
     pub fn any(&self) -> bool {
-        !self.devices.is_empty() || self.totp || self.recovery_codes_left > 0
+        !self.devices.is_empty() || self.totp || self.recovery_codes_left > 0 || self.webauthn > 0
     }
 }
 
@@ -127,6 +130,9 @@ pub struct Mfa {
     sealer: OnceLock<crate::secrets::Sealer>,
     notifier: OnceLock<Notifier>,
     compat: OnceLock<crate::push::webhook::CompatClient>,
+    webhook: OnceLock<crate::push::webhook::WebhookSender>,
+    /// The WebAuthn relying party (`webauthn.rs`), once the issuer is known.
+    webauthn: OnceLock<webauthn::RelyingParty>,
 }
 
 impl Mfa {
@@ -143,6 +149,8 @@ impl Mfa {
             sealer: OnceLock::new(),
             notifier: OnceLock::new(),
             compat: OnceLock::new(),
+            webhook: OnceLock::new(),
+            webauthn: OnceLock::new(),
         }
     }
 
@@ -161,6 +169,44 @@ impl Mfa {
     /// approvals then go through it instead of enrolled devices.
     pub fn compat(&self) -> Option<&crate::push::webhook::CompatClient> {
         self.compat.get()
+    }
+
+    /// Installs the generic webhook, whose signed callbacks may answer
+    /// challenges of users with a webhook device (first call wins).
+    pub fn set_webhook(&self, sender: crate::push::webhook::WebhookSender) {
+        let _ = self.webhook.set(sender);
+    }
+
+    /// Takes a decision callback from the generic webhook: `body` must be
+    /// signed (`signature` header) with the webhook secret and name an open
+    /// challenge of a user who enrolled a webhook device; it is answered on
+    /// that device's behalf. `None` when the callback is not acceptable
+    /// (unsigned, bad signature, malformed, no such challenge or device).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn webhook_decision(
+        &self,
+        body: &[u8],
+        signature: &str,
+    ) -> StoreResult<Option<Result<Outcome, AnswerError>>> {
+        #[derive(Deserialize)]
+        struct Decision {
+            challenge_id: String,
+            verdict: String,
+            #[serde(default)]
+            number: Option<u8>,
+        }
+        let Some(webhook) = self.webhook.get() else { return Ok(None) };
+        if !webhook.verify_callback(body, signature) {
+            return Ok(None);
+        }
+        let Ok(decision) = serde_json::from_slice::<Decision>(body) else { return Ok(None) };
+        let Some(verdict) = Verdict::parse(&decision.verdict, decision.number) else { return Ok(None) };
+        let Some(challenge) = self.challenges.find(&decision.challenge_id) else { return Ok(None) };
+        let devices = self.store.devices_of(&challenge.user_id).await?;
+        let Some(device) = devices.iter().find(|d| d.push_kind == "webhook") else { return Ok(None) };
+        self.answer(&challenge.id, device, verdict).await.map(Some)
     }
 
     fn sealer(&self) -> StoreResult<&crate::secrets::Sealer> {
@@ -191,6 +237,11 @@ impl Mfa {
             devices: self.store.devices_of(user_id).await?,
             totp: self.store.totp(user_id).await?.is_some_and(|t| t.confirmed),
             recovery_codes_left: self.store.recovery_codes_left(user_id).await?,
+            webauthn: if self.webauthn_available() {
+                usize::try_from(self.store.webauthn_count(user_id).await?).unwrap_or(0)
+            } else {
+                0
+            },
         })
     }
 

@@ -118,8 +118,13 @@ pub enum PushTarget {
         /// The subscription's 16-byte authentication secret, base64url.
         auth: String,
     },
-    /// The configured webhook (generic mode); it has no per-device address.
-    Webhook,
+    /// The configured webhook (generic mode); `recipient` is whatever the
+    /// external service registered for the device (its own user or device
+    /// handle), passed back to it in every POST.
+    Webhook {
+        /// Opaque to Portcullis; may be empty.
+        recipient: String,
+    },
 }
 
 /// Push addresses are credentials of a sort (anyone holding one and the
@@ -137,7 +142,7 @@ impl PushTarget {
             Self::Apns { .. } => "apns",
             Self::Fcm { .. } => "fcm",
             Self::WebPush { .. } => "webpush",
-            Self::Webhook => "webhook",
+            Self::Webhook { .. } => "webhook",
         }
     }
 
@@ -153,7 +158,9 @@ impl PushTarget {
             Self::Apns { token } => apns::valid_token(token),
             Self::Fcm { token } => fcm::valid_token(token),
             Self::WebPush { endpoint, p256dh, auth } => webpush::Subscription::parse(endpoint, p256dh, auth).is_ok(),
-            Self::Webhook => true,
+            Self::Webhook { recipient } => {
+                recipient.len() <= webhook::MAX_RECIPIENT_LEN && !recipient.chars().any(char::is_control)
+            }
         };
         if ok { Ok(()) } else { Err(PushError::Rejected(format!("malformed {} push address", self.kind()))) }
     }
@@ -167,7 +174,7 @@ impl PushTarget {
             Self::WebPush { endpoint, p256dh, auth } => {
                 serde_json::json!({ "endpoint": endpoint, "keys": { "p256dh": p256dh, "auth": auth } }).to_string()
             }
-            Self::Webhook => String::new(),
+            Self::Webhook { recipient } => recipient.clone(),
         }
     }
 
@@ -177,7 +184,7 @@ impl PushTarget {
         let target = match kind {
             "apns" => Self::Apns { token: plain.to_string() },
             "fcm" => Self::Fcm { token: plain.to_string() },
-            "webhook" => Self::Webhook,
+            "webhook" => Self::Webhook { recipient: plain.to_string() },
             "webpush" => {
                 let v: serde_json::Value = serde_json::from_str(plain).ok()?;
                 let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
@@ -407,6 +414,12 @@ impl Senders {
         self.inner.webpush.as_ref().map(webpush::WebPushSender::public_key)
     }
 
+    /// The generic webhook sender, when configured (it also checks the
+    /// signatures of decision callbacks).
+    pub fn webhook(&self) -> Option<&webhook::WebhookSender> {
+        self.inner.webhook.as_ref()
+    }
+
     /// The old push service's client, when the webhook runs in compat mode.
     pub fn compat(&self) -> Option<&webhook::CompatClient> {
         self.inner.compat.as_ref()
@@ -438,7 +451,7 @@ impl PushSender for Senders {
             PushTarget::Apns { .. } => self.inner.apns.as_ref().ok_or_else(off)?.send(target, message).await,
             PushTarget::Fcm { .. } => self.inner.fcm.as_ref().ok_or_else(off)?.send(target, message).await,
             PushTarget::WebPush { .. } => self.inner.webpush.as_ref().ok_or_else(off)?.send(target, message).await,
-            PushTarget::Webhook => self.inner.webhook.as_ref().ok_or_else(off)?.send(target, message).await,
+            PushTarget::Webhook { .. } => self.inner.webhook.as_ref().ok_or_else(off)?.send(target, message).await,
         }
     }
 }
@@ -479,6 +492,10 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     use super::*;
+
+    fn webhook_target() -> PushTarget {
+        PushTarget::Webhook { recipient: "ext-user-7".into() }
+    }
 
     /// A sender that fails with scripted errors, then succeeds.
     struct Scripted {
@@ -553,7 +570,7 @@ mod tests {
             PushError::Transient("reset".into()),
         ]);
         let start = tokio::time::Instant::now();
-        let target = PushTarget::Webhook;
+        let target = webhook_target();
         send_with_retry(&sender, &target, &message(), &policy(), start + Duration::from_secs(30)).await.unwrap();
         assert_eq!(sender.attempts(), 4);
         assert!(sender.seen.lock().unwrap().iter().all(|m| *m == message()), "a retry changed the message");
@@ -567,7 +584,7 @@ mod tests {
         for error in [PushError::Unregistered, PushError::Rejected("400".into())] {
             let sender = Scripted::new(vec![error.clone()]);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let got = send_with_retry(&sender, &PushTarget::Webhook, &message(), &policy(), deadline).await;
+            let got = send_with_retry(&sender, &webhook_target(), &message(), &policy(), deadline).await;
             assert_eq!(got, Err(error));
             assert_eq!(sender.attempts(), 1);
         }
@@ -579,7 +596,7 @@ mod tests {
         let sender = Scripted::new(always());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let quick = RetryPolicy { initial_backoff: Duration::from_millis(5), ..policy() };
-        let got = send_with_retry(&sender, &PushTarget::Webhook, &message(), &quick, deadline).await;
+        let got = send_with_retry(&sender, &webhook_target(), &message(), &quick, deadline).await;
         assert_eq!(got, Err(PushError::Transient("503".into())));
         assert_eq!(sender.attempts(), 4);
 
@@ -587,7 +604,7 @@ mod tests {
         let sender = Scripted::new(always());
         let start = tokio::time::Instant::now();
         let got =
-            send_with_retry(&sender, &PushTarget::Webhook, &message(), &policy(), start + Duration::from_millis(250))
+            send_with_retry(&sender, &webhook_target(), &message(), &policy(), start + Duration::from_millis(250))
                 .await;
         assert!(got.is_err());
         assert_eq!(sender.attempts(), 2);
@@ -597,8 +614,7 @@ mod tests {
         let sender = Scripted::new(vec![PushError::RateLimited { retry_after: Some(Duration::from_secs(60)) }]);
         let start = tokio::time::Instant::now();
         let got =
-            send_with_retry(&sender, &PushTarget::Webhook, &message(), &policy(), start + Duration::from_secs(10))
-                .await;
+            send_with_retry(&sender, &webhook_target(), &message(), &policy(), start + Duration::from_secs(10)).await;
         assert_eq!(got, Err(PushError::RateLimited { retry_after: Some(Duration::from_secs(60)) }));
         assert_eq!(sender.attempts(), 1);
         assert!(start.elapsed() < Duration::from_millis(50));

@@ -1,10 +1,10 @@
 //! Webhooks to external notification services, in two modes.
 //!
-//! **Generic** ([`WebhookSender`]): POST `{"challenge_id", "kind":
-//! "challenge", "server", "expires_at"}` to the configured URL, signed with
-//! HMAC-SHA256 over the body in `X-Portcullis-Signature: sha256=<hex>`. The
-//! service then has the device answer the challenge like any other; the
-//! helpers here also verify a signed callback.
+//! **Generic** ([`WebhookSender`]): POST `{"challenge_id", "recipient",
+//! "kind": "challenge", "server", "expires_at"}` to the configured URL,
+//! signed with HMAC-SHA256 over the body in `X-Portcullis-Signature:
+//! sha256=<hex>`. The service answers with a callback signed the same way
+//! to `POST {server}/api/mfa/webhook/decision` (see `web/device.rs`).
 //!
 //! **Compat** ([`CompatClient`]): the existing push-approval service's
 //! `POST {base}/send-notification` contract (../shared/PUSH-COMPAT.md), so
@@ -43,12 +43,16 @@ fn signature_value(tag: &hmac::Tag) -> String {
 /// Whether `header` is a valid signature of `body` under `secret`
 /// (compared in constant time), for signed decision callbacks.
 pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
+    verify_with(&hmac::Key::new(hmac::HMAC_SHA256, secret), body, header)
+}
+
+fn verify_with(key: &hmac::Key, body: &[u8], header: &str) -> bool {
     let Some(hex) = header.trim().strip_prefix("sha256=") else { return false };
     if hex.len() != 64 || !hex.is_ascii() {
         return false;
     }
     let tag: Option<Vec<u8>> = (0..64).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect();
-    tag.is_some_and(|tag| hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), body, &tag).is_ok())
+    tag.is_some_and(|tag| hmac::verify(key, body, &tag).is_ok())
 }
 
 /// Builds the webhook `[push.webhook]` configures: a generic sender or a
@@ -124,13 +128,23 @@ impl WebhookSender {
     }
 }
 
+impl WebhookSender {
+    /// Whether `header` (`sha256=<hex>`) signs `body` with this webhook's
+    /// secret, in constant time: how a decision callback proves it comes
+    /// from the external service.
+    pub fn verify_callback(&self, body: &[u8], header: &str) -> bool {
+        verify_with(&self.inner.key, body, header)
+    }
+}
+
 impl PushSender for WebhookSender {
     async fn send(&self, target: &PushTarget, message: &PushMessage) -> Result<(), PushError> {
-        if *target != PushTarget::Webhook {
+        let PushTarget::Webhook { recipient } = target else {
             return Err(PushError::Rejected("not a webhook address".into()));
-        }
+        };
         let body = json!({
             "challenge_id": message.challenge_id(),
+            "recipient": recipient,
             "kind": "challenge",
             "server": self.inner.server,
             "expires_at": message.expires_at(),
@@ -150,6 +164,9 @@ impl PushSender for WebhookSender {
         Err(super::classify_common("webhook", &response, ""))
     }
 }
+
+/// Longest recipient handle a device may register for the webhook.
+pub const MAX_RECIPIENT_LEN: usize = 256;
 
 /// The `callback` of the approve action; the service echoes the chosen
 /// action's callback as `action`.
@@ -350,7 +367,15 @@ mod tests {
             max_backoff: Duration::from_millis(100),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        send_with_retry(&sender, &PushTarget::Webhook, &message(), &policy, deadline).await.unwrap();
+        send_with_retry(
+            &sender,
+            &PushTarget::Webhook { recipient: "ext-user-7".into() },
+            &message(),
+            &policy,
+            deadline,
+        )
+        .await
+        .unwrap();
         let requests = mock.requests();
         assert_eq!(requests.len(), 3);
         for r in &requests {
@@ -363,13 +388,20 @@ mod tests {
         assert_eq!(
             body,
             json!({
-                "challenge_id": "0190a3b4-7c1d-7e2f-8a9b-0c1d2e3f4a5b", "kind": "challenge",
+                "challenge_id": "0190a3b4-7c1d-7e2f-8a9b-0c1d2e3f4a5b", "recipient": "ext-user-7", "kind": "challenge",
                 "server": "https://id.example.org", "expires_at": 1_750_000_060,
             })
         );
 
         let (mock, sender) = generic(|_| Reply::status(403)).await;
-        let got = send_with_retry(&sender, &PushTarget::Webhook, &message(), &policy, deadline).await;
+        let got = send_with_retry(
+            &sender,
+            &PushTarget::Webhook { recipient: "ext-user-7".into() },
+            &message(),
+            &policy,
+            deadline,
+        )
+        .await;
         assert_eq!(got, Err(PushError::Rejected("webhook answered 403 ".into())));
         assert_eq!(mock.requests().len(), 1);
         assert!(sender.send(&PushTarget::Fcm { token: "x".into() }, &message()).await.is_err());

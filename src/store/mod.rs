@@ -9,6 +9,7 @@
 mod mfa;
 mod oidc;
 mod signin;
+mod webauthn;
 mod write;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::model::{AuditEntry, Group, Kind, ServiceAccount, User};
 
 pub use mfa::{MfaDevice, TotpRecord};
 pub use signin::{CodeGrant, EndedSession, LiveSession, RefreshGrant, RefreshOutcome, SessionInfo};
+pub use webauthn::WebauthnCredential;
 pub use write::{NewGroup, NewUser, WriteTx};
 
 /// Errors from the store, phrased for the admin who caused them.
@@ -76,7 +78,20 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        Self::with_options(options, 4).await
+        // Switching a brand-new file to WAL (and migrating it) while another
+        // process opens it too can fail with "database is locked" without
+        // waiting for the busy timeout; such a start is retried briefly.
+        let mut attempt = 0;
+        loop {
+            match Self::with_options(options.clone(), 4).await {
+                Err(e) if attempt < 5 && e.to_string().contains("database is locked") => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "store busy while opening; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// A private in-memory database, for tests.

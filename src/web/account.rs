@@ -1,9 +1,11 @@
 //! "My account": profile, password change, the list of sign-in sessions
 //! with revoke, and second factors (approval devices with rename and remove,
-//! device enrollment links with a QR code, TOTP enrollment, recovery codes).
-//! Server-rendered forms, no JavaScript, CSRF on every form; every change to
-//! a second factor is audited. Secrets shown here (enrollment links, TOTP
-//! secrets, recovery codes) are shown once and never logged.
+//! device enrollment links with a QR code, TOTP enrollment, recovery codes,
+//! security keys and passkeys with add, rename and remove).
+//! Server-rendered forms, CSRF on every form; only adding a security key
+//! needs JavaScript (`/static/webauthn.js`, see `signin/factor.rs`). Every
+//! change to a second factor is audited. Secrets shown here (enrollment
+//! links, TOTP secrets, recovery codes) are shown once and never logged.
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, Query, State};
@@ -37,6 +39,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/account/mfa/totp/confirm", post(totp_confirm))
         .route("/account/mfa/totp/remove", post(totp_remove))
         .route("/account/mfa/recovery", post(recovery_codes))
+        .route("/account/mfa/webauthn/options", post(webauthn_options))
+        .route("/account/mfa/webauthn/add", post(webauthn_add))
+        .route("/account/mfa/webauthn/rename", post(webauthn_rename))
+        .route("/account/mfa/webauthn/remove", post(webauthn_remove))
 }
 
 fn with_csrf(mut r: Response, cookie: Option<axum::http::HeaderValue>) -> Response {
@@ -95,6 +101,9 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
         Some("device-removed") => "<p role=\"status\">The device was removed.</p>",
         Some("totp") => "<p role=\"status\">Your authenticator app is set up.</p>",
         Some("totp-removed") => "<p role=\"status\">Your authenticator app was removed.</p>",
+        Some("webauthn-added") => "<p role=\"status\">The security key was added.</p>",
+        Some("webauthn-renamed") => "<p role=\"status\">The security key was renamed.</p>",
+        Some("webauthn-removed") => "<p role=\"status\">The security key was removed.</p>",
         _ => "",
     };
     let factors = match state.identity.mfa.factors(&user_id).await {
@@ -104,7 +113,16 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
             return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
         }
     };
+    let keys = match state.identity.store.webauthn_credentials_of(&user_id).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read security keys");
+            return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        }
+    };
+    let webauthn = state.identity.mfa.webauthn_available();
     let factors_html = factors_section(&factors, second_factor_required(&state, &user_id), &csrf);
+    let keys_html = webauthn_section(&keys, webauthn, &csrf);
     let rows: String = sessions
         .iter()
         .map(|s| {
@@ -128,7 +146,7 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
          <p><label for=\"new\">New password</label><br><input id=\"new\" name=\"new\" type=\"password\" autocomplete=\"new-password\" minlength=\"8\" required></p>\
          <p><label for=\"confirm\">Repeat the new password</label><br><input id=\"confirm\" name=\"confirm\" type=\"password\" autocomplete=\"new-password\" required></p>\
          <p><button type=\"submit\">Change password</button></p></form>\
-         {factors_html}<h2>Sessions</h2><ul>{rows}</ul>\
+         {factors_html}{keys_html}<h2>Sessions</h2><ul>{rows}</ul>\
          <form method=\"post\" action=\"/account/signout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <p><button type=\"submit\">Sign out</button></p></form>",
         name = esc(&user.preferred_username),
@@ -136,6 +154,10 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
         email = esc(user.email.as_deref().unwrap_or("")),
         groups = esc(&user.groups.join(", ")),
     );
+    if webauthn {
+        let body = format!("{body}{}", factor::WEBAUTHN_SCRIPT_TAG);
+        return with_csrf(factor::with_webauthn_script(page(StatusCode::OK, "My account", &body)), c);
+    }
     with_csrf(page(StatusCode::OK, "My account", &body), c)
 }
 
@@ -606,4 +628,191 @@ async fn recovery_codes(
          works once, in place of your device or app; your old codes no longer work.</p><ol>{items}</ol>{BACK}"
     );
     page(StatusCode::OK, "Your recovery codes", &body)
+}
+
+/// The "Security keys and passkeys" part of the second factors: the user's
+/// credentials with rename and remove, and the form `webauthn.js` runs to
+/// add one (when WebAuthn is available on this server).
+fn webauthn_section(keys: &[crate::store::WebauthnCredential], available: bool, csrf: &str) -> String {
+    let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">");
+    let items: String = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let used = k.last_used_at.map_or_else(|| "never".to_string(), generalized_time);
+            format!(
+                "<li><strong>{name}</strong>, added {added}, last used {used}\
+                 <form method=\"post\" action=\"/account/mfa/webauthn/rename\">{hidden}\
+                 <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+                 <label for=\"webauthn-rename-{i}\">New name for {name}</label> \
+                 <input id=\"webauthn-rename-{i}\" name=\"name\" maxlength=\"{max}\" required> \
+                 <button type=\"submit\">Rename</button></form>\
+                 <form method=\"post\" action=\"/account/mfa/webauthn/remove\">{hidden}\
+                 <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+                 <button type=\"submit\">Remove {name}</button></form></li>",
+                name = esc(&k.name),
+                id = esc(&k.id),
+                added = generalized_time(k.created_at),
+                max = crate::mfa::webauthn::MAX_NAME_CHARS,
+            )
+        })
+        .collect();
+    let list = if items.is_empty() {
+        "<p>No security keys or passkeys.</p>".to_string()
+    } else {
+        format!("<ul class=\"webauthn-keys\">{items}</ul>")
+    };
+    let add = if available {
+        format!(
+            "<form method=\"post\" action=\"/account/mfa/webauthn/add\" data-webauthn=\"create\" \
+             data-options=\"/account/mfa/webauthn/options\">{hidden}\
+             <input type=\"hidden\" name=\"credential\" value=\"\">\
+             <p><label for=\"webauthn-name\">Name of the new key</label><br>\
+             <input id=\"webauthn-name\" name=\"name\" maxlength=\"{max}\" value=\"Security key\" required></p>\
+             <p><button type=\"submit\">Add a security key or passkey</button> (needs JavaScript)</p>\
+             <p class=\"webauthn-status\" role=\"status\"></p></form>",
+            max = crate::mfa::webauthn::MAX_NAME_CHARS,
+        )
+    } else {
+        "<p>Security keys and passkeys need this server to be reached by a domain name (its issuer URL), not an \
+         IP address.</p>"
+            .to_string()
+    };
+    format!("<h3>Security keys and passkeys</h3>{list}{add}")
+}
+
+/// `webauthn.js` asks for the options of `navigator.credentials.create`:
+/// a registration challenge bound to this browser's session.
+async fn webauthn_options(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if !csrf_ok(&headers, &form.csrf) {
+        return factor::json_error(StatusCode::FORBIDDEN, "The page expired. Reload it and try again.");
+    }
+    let Some(session) = current_session(&state, &headers).await else {
+        return factor::json_error(StatusCode::UNAUTHORIZED, "You are signed out. Sign in again.");
+    };
+    let snap = state.identity.directory.load();
+    let Some(user) = UserInfo::from_snapshot(&snap, &session.user_id) else {
+        return factor::json_error(StatusCode::UNAUTHORIZED, "You are signed out. Sign in again.");
+    };
+    let mfa = &state.identity.mfa;
+    match mfa.webauthn_register_start(&session.id_hash, &session.user_id, &user.preferred_username, &user.name).await {
+        Ok(Ok(options)) => factor::json_answer(StatusCode::OK, options),
+        Ok(Err(refusal)) => {
+            tracing::info!(user = %user.preferred_username, reason = %refusal, "security key registration not started");
+            factor::json_error(StatusCode::BAD_REQUEST, &format!("Cannot add a security key: {refusal}."))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a WebAuthn registration");
+            factor::json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.")
+        }
+    }
+}
+
+/// The add-a-key form, with the browser's registration answer.
+#[derive(Debug, serde::Deserialize)]
+struct WebauthnAddForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    credential: String,
+}
+
+async fn webauthn_add(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<WebauthnAddForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(session) = current_session(&state, &headers).await else {
+        return signin_form(None, StatusCode::UNAUTHORIZED);
+    };
+    let refused = |message: &str| {
+        let body = format!("<p role=\"alert\" class=\"error\">{}</p>{BACK}", esc(message));
+        page(StatusCode::BAD_REQUEST, "Security key not added", &body)
+    };
+    let Some(name) = crate::mfa::webauthn::clean_name(&form.name) else {
+        return refused("A security key's name has 1 to 64 characters.");
+    };
+    if form.credential.trim().is_empty() {
+        return refused("Your browser sent no answer from a security key: adding one needs JavaScript.");
+    }
+    let mfa = &state.identity.mfa;
+    match mfa.webauthn_register_finish(&session.id_hash, &account.id, &name, &form.credential).await {
+        Ok(Ok(key)) => {
+            audit(&state, &account, &source, "mfa.webauthn_added", &format!("{} ({})", key.name, key.id)).await;
+            Redirect::to("/account?done=webauthn-added").into_response()
+        }
+        Ok(Err(refusal)) => {
+            tracing::info!(user = %account.name, reason = %refusal, "security key not added");
+            refused(&format!("The security key was not added: {refusal}."))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot finish a WebAuthn registration");
+            internal_error()
+        }
+    }
+}
+
+async fn webauthn_rename(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<DeviceForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(name) = crate::mfa::webauthn::clean_name(form.name.as_deref().unwrap_or("")) else {
+        let body = format!("<p role=\"alert\" class=\"error\">A security key's name has 1 to 64 characters.</p>{BACK}");
+        return page(StatusCode::BAD_REQUEST, "Security key not renamed", &body);
+    };
+    let store = &state.identity.store;
+    let old = store.webauthn_credential(&account.id, &form.id).await.ok().flatten();
+    match store.rename_webauthn_credential(&account.id, &form.id, &name).await {
+        Ok(true) => {
+            let old = old.map(|k| k.name).unwrap_or_default();
+            audit(&state, &account, &source, "mfa.webauthn_renamed", &format!("{old} -> {name} ({})", form.id)).await;
+            Redirect::to("/account?done=webauthn-renamed").into_response()
+        }
+        Ok(false) => {
+            page(StatusCode::NOT_FOUND, "No such security key", &format!("<p>No such security key.</p>{BACK}"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot rename a security key");
+            internal_error()
+        }
+    }
+}
+
+async fn webauthn_remove(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<DeviceForm>,
+) -> Response {
+    let (account, source) = match me(&state, &headers, peer, &form.csrf).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let store = &state.identity.store;
+    let old = store.webauthn_credential(&account.id, &form.id).await.ok().flatten();
+    match store.remove_webauthn_credential(&account.id, &form.id).await {
+        Ok(true) => {
+            let name = old.map(|k| k.name).unwrap_or_default();
+            audit(&state, &account, &source, "mfa.webauthn_removed", &format!("{name} ({})", form.id)).await;
+            Redirect::to("/account?done=webauthn-removed").into_response()
+        }
+        Ok(false) => {
+            page(StatusCode::NOT_FOUND, "No such security key", &format!("<p>No such security key.</p>{BACK}"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot remove a security key");
+            internal_error()
+        }
+    }
 }

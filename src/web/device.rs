@@ -62,6 +62,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/mfa/challenges", get(list))
         .route("/api/mfa/challenges/{id}", get(one))
         .route("/api/mfa/challenges/{id}/answer", post(answer))
+        .route("/api/mfa/webhook/decision", post(webhook_decision))
 }
 
 /// An API error: a status and `{"error": message}`.
@@ -221,26 +222,15 @@ fn push_address(push: Option<PushBody>) -> Result<Option<(String, String)>, ApiE
             };
             PushTarget::WebPush { endpoint, p256dh, auth }
         }
-        ("webhook", Value::Null) => return Ok(Some(("webhook".into(), String::new()))),
-        ("webhook", Value::String(s)) => {
-            if s.len() > MAX_PUSH_ADDRESS_LEN || s.chars().any(char::is_control) {
-                return Err(bad_request("malformed webhook push address"));
-            }
-            return Ok(Some(("webhook".into(), s.clone())));
-        }
+        ("webhook", Value::Null) => PushTarget::Webhook { recipient: String::new() },
+        ("webhook", Value::String(recipient)) => PushTarget::Webhook { recipient: recipient.clone() },
         ("apns" | "fcm" | "webpush", _) => return Err(bad_request("malformed push address")),
         _ => return Err(bad_request("push kind must be apns, fcm, webpush, webhook or none")),
     };
     if target.validate().is_err() {
         return Err(bad_request("malformed push address"));
     }
-    let plain = match &target {
-        PushTarget::Apns { token } | PushTarget::Fcm { token } => token.clone(),
-        PushTarget::WebPush { endpoint, p256dh, auth } => {
-            json!({ "endpoint": endpoint, "keys": { "p256dh": p256dh, "auth": auth } }).to_string()
-        }
-        PushTarget::Webhook => String::new(),
-    };
+    let plain = target.to_stored();
     if plain.len() > MAX_PUSH_ADDRESS_LEN {
         return Err(bad_request("push address too long"));
     }
@@ -422,6 +412,33 @@ async fn answer(
         }
     };
     tracing::info!(user = %signed.username, device = %signed.device.id, challenge = %id, outcome = word, "challenge answered");
+    Ok(no_store(Json(json!({ "outcome": word })).into_response()))
+}
+
+/// A decision from the external notification service (generic webhook
+/// mode): `{"challenge_id","verdict","number"}` signed with the webhook
+/// secret in `X-Portcullis-Signature`. Anything unacceptable gets the same
+/// 401, so the endpoint reveals nothing about challenges.
+async fn webhook_decision(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    }
+    let signature = headers.get(crate::push::webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let decided = state.identity.mfa.webhook_decision(&body, signature).await.map_err(|e| internal(&e))?;
+    let word = match decided {
+        None => {
+            tracing::info!("webhook decision refused (signature, body, challenge or device)");
+            return Err(unauthorized("decision not accepted"));
+        }
+        Some(Ok(Outcome::Approved { .. })) => "approved",
+        Some(Ok(_)) => "denied",
+        Some(Err(_)) => return Err(ApiError(StatusCode::CONFLICT, "challenge already answered or expired")),
+    };
+    tracing::info!(outcome = word, "challenge answered through the webhook");
     Ok(no_store(Json(json!({ "outcome": word })).into_response()))
 }
 

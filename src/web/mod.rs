@@ -2,6 +2,7 @@
 //! under shared limits (body size, deadline, requests in flight).
 
 mod account;
+mod approve;
 mod device;
 mod oidc;
 mod signin;
@@ -25,6 +26,9 @@ pub struct AppState {
     pub provider: SharedProvider,
     /// Outbound HTTP (back-channel logout), one client for the whole server.
     pub outbound: crate::outbound::HttpClient,
+    /// The VAPID public key the approval app subscribes to Web Push with;
+    /// `None` when Web Push is not configured.
+    pub vapid_public_key: Option<String>,
 }
 
 /// The whole HTTP application.
@@ -37,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .merge(signin::routes())
         .merge(account::routes())
         .merge(device::routes())
+        .merge(approve::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(deadline))
         .layer(axum::middleware::from_fn_with_state(in_flight, shed_load))

@@ -300,7 +300,11 @@ fn enrollment_links_signed_requests_and_admin_commands() {
     assert!(!out.status.success(), "another user's device: {}", text(&out));
     server.cli(&["user", "mfa", "remove-device", "pccarol", &carol_id], None);
     assert!(show(&server, "pccarol").contains("devices: 0"));
-    assert!(server.cli(&["user", "mfa", "reset", "pcalice"], None).contains("1 devices of user pcalice removed"));
+    assert!(
+        server
+            .cli(&["user", "mfa", "reset", "pcalice"], None)
+            .contains("1 devices and 0 security keys of user pcalice removed")
+    );
     assert!(show(&server, "pcalice").contains("devices: 0"));
     assert_eq!(api(&server, &alice, "GET", path, b"").0, 401);
     let out = device(&["pending", "--key-file", alice.key()]);

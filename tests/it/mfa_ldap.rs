@@ -377,6 +377,11 @@ impl OldPushService {
         let _ = stream.write_all(reply.as_bytes());
     }
 
+    /// Every request body received, in order.
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().expect("log").iter().map(|r| r["body"].clone()).collect()
+    }
+
     /// The requests made for `user`, in order.
     pub fn requests_for(&self, user: &str) -> Vec<serde_json::Value> {
         let seen = self.seen.lock().expect("log");
@@ -473,4 +478,102 @@ fn totp_code_appended_to_the_ldap_password() {
     assert_eq!(bind(&format!("Otp-pw-123{current}")), Ok(LdapResultCode::Success), "password + code");
     assert_eq!(bind(&format!("Otp-pw-123{current}")), Ok(LdapResultCode::InvalidCredentials), "a code works once");
     assert_eq!(bind(&format!("wrong-pw{}", code(now() + 30))), Ok(LdapResultCode::InvalidCredentials));
+}
+
+/// Generic webhook mode: each challenge is POSTed, signed, to an external
+/// notification service with the recipient the device registered; the
+/// service answers with a signed decision callback.
+#[test]
+fn generic_webhook_push_and_signed_decision_callback() {
+    use portcullis::push::webhook::signature;
+    const SECRET: &str = "webhook-shared-secret-0123456789";
+    let hook = OldPushService::start();
+    let url = format!("http://127.0.0.1:{}/hook", hook.port);
+    let server = TestServer::start_with(&[
+        ("PORTCULLIS_MFA__REQUIRED_GROUPS", "[\"whusers\"]"),
+        ("PORTCULLIS_MFA__LDAP_DEADLINE_SECS", "10"),
+        ("PORTCULLIS_PUSH__WEBHOOK__URL", url.as_str()),
+        ("PORTCULLIS_PUSH__WEBHOOK__SECRET", SECRET),
+    ]);
+    server.cli(&["group", "add", "whusers"], None);
+    for user in ["whuser", "whphone"] {
+        server.add_user(user, "Webhook-pw-123");
+        server.cli(&["group", "add-member", "whusers", user], None);
+    }
+    server.settle();
+    // whuser's device is the external service (recipient "ext-user-7");
+    // whphone has an ordinary device only.
+    let enroll = |user: &str, push: serde_json::Value| {
+        let out = server.cli(&["user", "mfa", "enroll-link", user], None);
+        let link = out.lines().find_map(|l| l.strip_prefix("enrollment_url: ")).expect("link").to_string();
+        let token = link.split_once('#').expect("fragment").1.to_string();
+        let (key, _) = portcullis::mfa::device::DeviceKey::generate().expect("key");
+        let body = serde_json::json!({ "token": token, "public_key": key.public_key(), "name": "hook", "push": push });
+        let ca = server.ca_path();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert", ca.to_str().expect("utf-8"), "-H", "content-type: application/json"])
+            .args(["-d", &body.to_string(), "-w", "\n%{http_code}"])
+            .arg(format!("{}/api/mfa/enroll", server.issuer()))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.ends_with("201"), "enrollment failed: {text}");
+    };
+    enroll("whuser", serde_json::json!({ "kind": "webhook", "address": "ext-user-7" }));
+    enroll("whphone", serde_json::Value::Null);
+    let decide = |body: &serde_json::Value, sig: &str| {
+        let ca = server.ca_path();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert", ca.to_str().expect("utf-8"), "-H", "content-type: application/json"])
+            .args(["-H", &format!("x-portcullis-signature: {sig}"), "-d", &body.to_string(), "-w", "\n%{http_code}"])
+            .arg(format!("{}/api/mfa/webhook/decision", server.issuer()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string()
+    };
+    let bind = |user: &str| {
+        bind_from(
+            Ipv4Addr::new(127, 0, 4, 1),
+            server.ldap_port,
+            &user_dn(user),
+            "Webhook-pw-123",
+            Duration::from_secs(20),
+        )
+    };
+
+    std::thread::scope(|s| {
+        let login = s.spawn(|| bind("whuser"));
+        let posted = crate::common::wait_until(Duration::from_secs(10), || !hook.bodies().is_empty());
+        assert!(posted, "no webhook POST; log:\n{}", server.log());
+        let pushed = hook.bodies().remove(0);
+        assert_eq!(pushed["recipient"], "ext-user-7");
+        assert_eq!(pushed["kind"], "challenge");
+        assert!(pushed.get("username").is_none() && !pushed.to_string().contains("whuser"), "{pushed}");
+        let id = pushed["challenge_id"].as_str().expect("id").to_string();
+        let approve = serde_json::json!({ "challenge_id": id, "verdict": "approve" });
+        let signed = signature(SECRET.as_bytes(), approve.to_string().as_bytes());
+        assert_eq!(decide(&approve, "sha256=00"), "401", "bad signature");
+        let forged = signature(b"not-the-webhook-secret-at-all!!", approve.to_string().as_bytes());
+        assert_eq!(decide(&approve, &forged), "401", "another secret");
+        assert_eq!(decide(&approve, &signed), "200");
+        assert_eq!(login.join().expect("thread"), Ok(LdapResultCode::Success), "the callback approved the bind");
+        assert_eq!(decide(&approve, &signed), "409", "a replayed callback changes nothing");
+    });
+
+    // The webhook cannot answer for users who did not enroll it.
+    std::thread::scope(|s| {
+        let login = s.spawn(|| bind("whphone"));
+        let ok = crate::common::wait_until(Duration::from_secs(10), || pushes(&server, "whphone") == 1);
+        assert!(ok, "no challenge for whphone");
+        let out = server.cli(&["audit", "--limit", "100000"], None);
+        let id = out
+            .lines()
+            .filter(|l| l.contains("mfa.challenge") && l.contains("whphone"))
+            .find_map(|l| l.split("challenge ").nth(1).map(|r| r.trim_end_matches(')').to_string()))
+            .expect("challenge id in the audit log");
+        let approve = serde_json::json!({ "challenge_id": id, "verdict": "approve" });
+        let signed = signature(SECRET.as_bytes(), approve.to_string().as_bytes());
+        assert_eq!(decide(&approve, &signed), "401", "no webhook device for this user");
+        assert_eq!(login.join().expect("thread"), Ok(LdapResultCode::InvalidCredentials), "unanswered: refused");
+    });
 }

@@ -24,21 +24,27 @@ fn server() -> TestServer {
 }
 
 /// Registers the relying party; returns its secret.
-fn add_client(server: &TestServer) -> String {
+pub fn add_client(server: &TestServer) -> String {
     let out = server.cli(&["oidc", "client", "add", "mfaapp", "--redirect-uri", "https://app.example.org/cb"], None);
     out.lines().find_map(|l| l.strip_prefix("client_secret: ")).expect("secret printed once").to_string()
 }
 
 /// The openid-client relying party and its scripted browser
 /// (tests/oidc/node/mfa_flow.mjs), driven one step at a time.
-struct Rp {
+pub struct Rp {
     child: Child,
     stdin: ChildStdin,
     answers: mpsc::Receiver<String>,
 }
 
 impl Rp {
-    fn start(server: &TestServer, secret: &str) -> Self {
+    pub fn start(server: &TestServer, secret: &str) -> Self {
+        Self::start_at(server, &server.issuer(), secret)
+    }
+
+    /// The driver for a server whose issuer is `issuer` (e.g. a `localhost`
+    /// one, which WebAuthn needs).
+    pub fn start_at(server: &TestServer, issuer: &str, secret: &str) -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/node");
         require_tool("node");
         assert!(
@@ -48,7 +54,7 @@ impl Rp {
         );
         let mut child = Command::new("node")
             .arg(dir.join("mfa_flow.mjs"))
-            .args([server.issuer().as_str(), "mfaapp", secret])
+            .args([issuer, "mfaapp", secret])
             .env("NODE_EXTRA_CA_CERTS", server.ca_path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -70,7 +76,7 @@ impl Rp {
     }
 
     /// Sends one command; returns the driver's answer.
-    fn step(&mut self, cmd: Value) -> Value {
+    pub fn step(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").expect("write to the driver");
         self.stdin.flush().expect("flush");
         let line = self
@@ -82,24 +88,24 @@ impl Rp {
         answer
     }
 
-    fn authorize(&mut self) -> Value {
+    pub fn authorize(&mut self) -> Value {
         self.step(json!({"cmd": "authorize"}))
     }
 
-    fn password(&mut self, user: &str, password: &str) -> Value {
+    pub fn password(&mut self, user: &str, password: &str) -> Value {
         self.step(json!({"cmd": "password", "user": user, "password": password}))
     }
 
-    fn submit(&mut self, action: &str, fields: Value) -> Value {
+    pub fn submit(&mut self, action: &str, fields: Value) -> Value {
         self.step(json!({"cmd": "submit", "action": action, "fields": fields}))
     }
 
-    fn new_browser(&mut self) {
+    pub fn new_browser(&mut self) {
         self.step(json!({"cmd": "new_browser"}));
     }
 
     /// A fresh browser up to the second-factor page.
-    fn sign_in_to_factor_page(&mut self, user: &str, password: &str) -> Value {
+    pub fn sign_in_to_factor_page(&mut self, user: &str, password: &str) -> Value {
         self.new_browser();
         let page = self.authorize();
         assert_eq!(page["title"], "Sign in", "{page}");
@@ -109,7 +115,7 @@ impl Rp {
     }
 
     /// A fresh browser through the password, to whatever comes next.
-    fn through_password(&mut self, user: &str, password: &str) -> Value {
+    pub fn through_password(&mut self, user: &str, password: &str) -> Value {
         self.new_browser();
         self.authorize();
         self.password(user, password)
@@ -123,48 +129,53 @@ impl Drop for Rp {
     }
 }
 
-fn page_of(answer: &Value) -> &Value {
+pub fn page_of(answer: &Value) -> &Value {
     assert_eq!(answer["event"], "page", "expected a page, got {answer}");
     answer
 }
 
-fn forms(answer: &Value) -> Vec<String> {
+pub fn forms(answer: &Value) -> Vec<String> {
     page_of(answer)["forms"].as_array().expect("forms").iter().filter_map(|f| f.as_str().map(str::to_string)).collect()
 }
 
-fn alert(answer: &Value) -> String {
+pub fn alert(answer: &Value) -> String {
     page_of(answer)["alert"].as_str().unwrap_or_default().to_string()
 }
 
 /// The validated ID token's claims after a completed sign-in.
-fn signed_in(answer: &Value) -> &Value {
+pub fn signed_in(answer: &Value) -> &Value {
     assert_eq!(answer["event"], "tokens", "expected the sign-in to complete, got {answer}");
     &answer["claims"]
 }
 
 /// curl as a browser for the account pages: one cookie jar, redirects not
 /// followed.
-struct Browser {
+pub struct Browser {
     dir: tempfile::TempDir,
     ca: PathBuf,
     base: String,
 }
 
 /// One response.
-struct Page {
-    status: u16,
-    location: String,
-    headers: String,
-    body: String,
+pub struct Page {
+    pub status: u16,
+    pub location: String,
+    pub headers: String,
+    pub body: String,
 }
 
 impl Browser {
-    fn new(server: &TestServer) -> Self {
-        require_tool("curl");
-        Browser { dir: tempfile::tempdir().expect("tempdir"), ca: server.ca_path(), base: server.issuer() }
+    pub fn new(server: &TestServer) -> Self {
+        Self::new_at(server, &server.issuer())
     }
 
-    fn request(&self, path: &str, form: &[(&str, &str)]) -> Page {
+    /// A browser for a server reached at `base` (its issuer).
+    pub fn new_at(server: &TestServer, base: &str) -> Self {
+        require_tool("curl");
+        Browser { dir: tempfile::tempdir().expect("tempdir"), ca: server.ca_path(), base: base.to_string() }
+    }
+
+    pub fn request(&self, path: &str, form: &[(&str, &str)]) -> Page {
         let jar = self.dir.path().join("cookies");
         let body = self.dir.path().join("body");
         let headers = self.dir.path().join("headers");
@@ -194,19 +205,19 @@ impl Browser {
         }
     }
 
-    fn get(&self, path: &str) -> Page {
+    pub fn get(&self, path: &str) -> Page {
         self.request(path, &[])
     }
 
     /// Posts a form of the last page with its CSRF token.
-    fn post(&self, path: &str, csrf: &str, fields: &[(&str, &str)]) -> Page {
+    pub fn post(&self, path: &str, csrf: &str, fields: &[(&str, &str)]) -> Page {
         let mut all = vec![("csrf", csrf)];
         all.extend_from_slice(fields);
         self.request(path, &all)
     }
 
     /// Signs in on the account page with a password only.
-    fn account_signin(&self, user: &str, password: &str) -> Page {
+    pub fn account_signin(&self, user: &str, password: &str) -> Page {
         let form = self.get("/account");
         assert!(form.body.contains("Sign in to manage your account"), "{}", form.body);
         let csrf = field(&form.body, "csrf");
@@ -215,7 +226,7 @@ impl Browser {
 }
 
 /// A field's value (`name="N" value="V"` or `id="N" readonly value="V"`), entities undone.
-fn field(html: &str, name: &str) -> String {
+pub fn field(html: &str, name: &str) -> String {
     let starts = [format!("name=\"{name}\" value=\""), format!("id=\"{name}\" readonly value=\"")];
     let (at, start) = starts
         .iter()

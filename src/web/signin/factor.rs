@@ -1,8 +1,11 @@
 //! The second-factor step of web sign-in, between the password and the
-//! session: push approval with number matching, a TOTP code, or a recovery
-//! code. Server-rendered, no JavaScript (a waiting page refreshes itself
-//! with `<meta http-equiv="refresh">` and has a "Check now" button), CSRF on
-//! every form.
+//! session: push approval with number matching, a security key or passkey
+//! (WebAuthn), a TOTP code, or a recovery code. Server-rendered; only
+//! WebAuthn needs JavaScript (`/static/webauthn.js`, the one script, served
+//! from here and allowed by `script-src 'self'` on the pages that load it),
+//! every other factor works without (a waiting page refreshes itself with
+//! `<meta http-equiv="refresh">` and has a "Check now" button). CSRF on
+//! every form and on the WebAuthn options request.
 //!
 //! After the password, a user the MFA policy names gets a *pending* sign-in
 //! (`mfa::pending`), bound to the browser by the `__Host-portcullis_mfa`
@@ -49,6 +52,47 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/signin/factor/totp", post(totp))
         .route("/signin/factor/recovery", post(recovery))
         .route("/signin/factor/cancel", post(cancel))
+        .route("/signin/factor/webauthn/options", post(webauthn_options))
+        .route("/signin/factor/webauthn", post(webauthn))
+        .route("/static/webauthn.js", get(webauthn_js))
+}
+
+/// The browser side of WebAuthn ceremonies, for the sign-in and account pages.
+const WEBAUTHN_JS: &str = include_str!("../../../static/webauthn.js");
+/// Loads [`WEBAUTHN_JS`]; pages that carry it get [`with_webauthn_script`].
+pub(in crate::web) const WEBAUTHN_SCRIPT_TAG: &str = "<script src=\"/static/webauthn.js\"></script>";
+
+/// The pages' usual CSP plus scripts and fetches from this origin (for
+/// `webauthn.js`); still no inline script.
+pub(in crate::web) fn with_webauthn_script(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    r
+}
+
+async fn webauthn_js() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, WEBAUTHN_JS).into_response()
+}
+
+/// A JSON answer for `webauthn.js` (options, or `{"error": …}`), never cached.
+pub(in crate::web) fn json_answer(status: StatusCode, json: String) -> Response {
+    let headers = [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")];
+    (status, headers, json).into_response()
+}
+
+/// A JSON error `webauthn.js` shows to the user.
+pub(in crate::web) fn json_error(status: StatusCode, message: &str) -> Response {
+    json_answer(status, serde_json::json!({ "error": message }).to_string())
 }
 
 /// The lockout key for second-factor failures: apart from the password's,
@@ -159,6 +203,15 @@ fn factor_page(pending: &PendingSignin, factors: &Factors, error: Option<&str>, 
              <p><button type=\"submit\">Send a sign-in request to my device</button></p></form>"
         ));
     }
+    if factors.webauthn > 0 {
+        body.push_str(&format!(
+            "<h2>Security key or passkey</h2><form method=\"post\" action=\"/signin/factor/webauthn\" \
+             data-webauthn=\"get\" data-options=\"/signin/factor/webauthn/options\">{hidden}\
+             <input type=\"hidden\" name=\"credential\" value=\"\">\
+             <p><button type=\"submit\">Use a security key or passkey</button></p>\
+             <p class=\"webauthn-status\" role=\"status\"></p></form>"
+        ));
+    }
     if factors.totp {
         body.push_str(&format!(
             "<h2>Authenticator app</h2><form method=\"post\" action=\"/signin/factor/totp\">{hidden}\
@@ -179,7 +232,13 @@ fn factor_page(pending: &PendingSignin, factors: &Factors, error: Option<&str>, 
         "<form method=\"post\" action=\"/signin/factor/cancel\">{hidden}\
          <p><button type=\"submit\">Cancel and sign in again</button></p></form>"
     ));
+    if factors.webauthn > 0 {
+        body.push_str(WEBAUTHN_SCRIPT_TAG);
+    }
     let mut r = page(status, "Confirm your sign-in", &body);
+    if factors.webauthn > 0 {
+        r = with_webauthn_script(r);
+    }
     csrf_for(&mut r, &csrf);
     r
 }
@@ -457,6 +516,100 @@ async fn check_code(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot check a second-factor code");
+            internal_error()
+        }
+    }
+}
+
+/// The WebAuthn answer form: the browser's assertion as JSON (empty when
+/// the browser ran no script).
+#[derive(Debug, serde::Deserialize)]
+struct WebauthnForm {
+    csrf: String,
+    #[serde(default)]
+    credential: String,
+}
+
+/// `webauthn.js` asks for the options of `navigator.credentials.get`: a new
+/// challenge for this pending sign-in (replacing any earlier one), listing
+/// only this user's credentials.
+async fn webauthn_options(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&headers, &form.csrf) {
+        return json_error(StatusCode::FORBIDDEN, "The page expired. Reload it and try again.");
+    }
+    let Some((token, pending)) = pending_of(&state, &headers) else {
+        return json_error(StatusCode::UNAUTHORIZED, "This sign-in expired. Sign in again.");
+    };
+    let identity = &state.identity;
+    let source = super::super::client_ip(&identity.config.http.trusted_proxies, peer.ip(), &headers);
+    if identity.lockout.is_locked(&lockout_key(&pending.user_id), Some(source), identity.clock.now()) {
+        return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed attempts. Try again later.");
+    }
+    match identity.mfa.webauthn_sign_in_start(&token, &pending.user_id).await {
+        Ok(Ok(options)) => json_answer(StatusCode::OK, options),
+        Ok(Err(refusal)) => {
+            tracing::info!(user = %pending.username, reason = %refusal, "no WebAuthn sign-in offered");
+            json_error(StatusCode::BAD_REQUEST, "No security key can be used for this sign-in.")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a WebAuthn sign-in");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.")
+        }
+    }
+}
+
+/// The browser's assertion for the challenge of [`webauthn_options`]: a
+/// verified one finishes the sign-in (`amr` `pwd hwk mfa`); anything else
+/// counts as a failed attempt, like a wrong code.
+async fn webauthn(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<WebauthnForm>,
+) -> Response {
+    if !csrf_ok(&headers, &form.csrf) {
+        return expired_form();
+    }
+    let Some((token, pending)) = pending_of(&state, &headers) else {
+        return sign_in_expired();
+    };
+    let identity = &state.identity;
+    let now = identity.clock.now();
+    let source = super::super::client_ip(&identity.config.http.trusted_proxies, peer.ip(), &headers);
+    let key = lockout_key(&pending.user_id);
+    if identity.lockout.is_locked(&key, Some(source), now) {
+        identity.mfa.pending.take(&token, now);
+        let message = "Too many wrong codes. Try again later.";
+        return start_over(&state, &pending.after, Some(message), StatusCode::TOO_MANY_REQUESTS).await;
+    }
+    let factors = match factors_of(&state, &pending.user_id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if form.credential.trim().is_empty() {
+        let message = "Your browser sent no answer from a security key: using one needs JavaScript. Try again, or \
+                       confirm another way.";
+        return factor_page(&pending, &factors, Some(message), StatusCode::BAD_REQUEST);
+    }
+    match identity.mfa.webauthn_sign_in_finish(&token, &pending.user_id, &form.credential).await {
+        Ok(Ok(_)) => finish(&state, &headers, &token, "pwd hwk mfa", "security key").await,
+        Ok(Err(refusal)) => {
+            identity.lockout.record_failure(&key, Some(source), now);
+            tracing::info!(user = %pending.username, client = %source, reason = %refusal, "security key refused");
+            if !identity.mfa.pending.fail(&token) {
+                let message = format!("{MAX_FAILURES} failed attempts. Sign in again.");
+                return start_over(&state, &pending.after, Some(&message), StatusCode::UNAUTHORIZED).await;
+            }
+            let message = "The security key was not accepted. Try again, or confirm another way.";
+            factor_page(&pending, &factors, Some(message), StatusCode::UNAUTHORIZED)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check a WebAuthn sign-in");
             internal_error()
         }
     }

@@ -15,6 +15,9 @@
 //   {"cmd":"refresh"}       follows the page's <meta http-equiv="refresh">
 //   {"cmd":"wait_push", "timeout"?: S}  refreshes until the page stops waiting
 //   {"cmd":"get", "path":P} loads a page of the provider
+//   {"cmd":"fetch_json", "path":P, "form":A, "fields"?:{..}}  POSTs the hidden
+//       fields of the form posting to A on the current page (plus fields) to
+//       P, as webauthn.js does for WebAuthn options; the page stays as it is
 //   {"cmd":"new_browser"}   forgets every cookie
 // Answers:
 //   {"event":"tokens", "claims":{..}, "userinfo":{..}}: the browser reached
@@ -22,7 +25,8 @@
 //       ID token (signature against the JWKS, iss, aud, nonce, state, PKCE)
 //   {"event":"error_redirect", "error":E}: the client got an error response
 //   {"event":"page", "status":N, "title":T, "alert":A, "number":N, "forms":[..],
-//       "refresh":URL}: an HTML page of the provider
+//       "refresh":URL, "scripts":[..], "csp":C}: an HTML page of the provider
+//   {"event":"json", "status":N, "body":{..}}: the answer to fetch_json
 //   {"event":"failed", "message":M}: the driver could not do the step
 
 import * as readline from 'node:readline';
@@ -106,6 +110,7 @@ async function land(res, url) {
   const alert = html.match(/<p role="alert"[^>]*>([\s\S]*?)<\/p>/);
   const number = html.match(/<span class="number" id="number">(\d+)<\/span>/);
   const refresh = html.match(/<meta http-equiv="refresh" content="(\d+);url=([^"]*)">/);
+  const scripts = [...html.matchAll(/<script src="([^"]*)"><\/script>/g)].map((m) => unescape(m[1]));
   return {
     event: 'page',
     status: res.status,
@@ -115,6 +120,8 @@ async function land(res, url) {
     forms: [...forms(html).keys()],
     refresh: refresh ? new URL(unescape(refresh[2]), url).href : null,
     refresh_secs: refresh ? Number(refresh[1]) : null,
+    scripts,
+    csp: res.headers.get('content-security-policy'),
   };
 }
 
@@ -174,6 +181,15 @@ async function step(cmd) {
     case 'get': {
       const url = new URL(cmd.path, issuer);
       return land(await browse(url), url);
+    }
+    case 'fetch_json': {
+      const all = forms(current.html);
+      check(all.has(cmd.form), `no form posting to ${cmd.form} on ${current.url}`);
+      const url = new URL(cmd.path, current.url);
+      const body = new URLSearchParams({ ...all.get(cmd.form), ...(cmd.fields ?? {}) });
+      const res = await browse(url, { method: 'POST', body, headers: { accept: 'application/json' } });
+      check((res.headers.get('content-type') ?? '').startsWith('application/json'), `JSON from ${url}`);
+      return { event: 'json', status: res.status, body: await res.json() };
     }
     case 'new_browser':
       jar.clear();
