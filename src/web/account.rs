@@ -412,7 +412,8 @@ async fn add_device(
     let qr = qr_svg(&url).unwrap_or_default();
     let minutes = state.identity.config.mfa.enrollment_ttl_secs.div_ceil(60);
     let body = format!(
-        "<p>Scan this code with the device to enroll, or open the link on it. The link works once, within \
+        "<p>Scan this code with your phone to enroll it, or open the link on the device: a phone's browser \
+         opens the approval app, which can be installed to the home screen. The link works once, within \
          {minutes} minutes.</p><figure>{qr}<figcaption>Enrollment link for {user}</figcaption></figure>\
          <p><label for=\"link\">Enrollment link</label><br><input id=\"link\" readonly value=\"{link}\"></p>\
          <p>On a computer, the reference device enrolls with <code>portcullis device enroll 'LINK' --key-file FILE</code>.</p>{BACK}",

@@ -141,7 +141,7 @@ pub(in crate::web) async fn after_password(
             StatusCode::FORBIDDEN,
             "Second factor needed",
             "<p role=\"alert\" class=\"error\">Your account must confirm each sign-in with a second factor (an \
-             approval device, an authenticator app or a recovery code), and none is set up yet.</p>\
+             approval device, an authenticator app, a security key or a recovery code), and none is set up yet.</p>\
              <p>Ask an administrator for a device enrollment link or to set up an authenticator app for you, \
              then sign in again.</p>",
         ));
