@@ -32,6 +32,23 @@ pub struct TotpRecord {
     pub last_step: i64,
 }
 
+/// Per-user second-factor tables whose rows have an `id` and a `name`.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FactorTable {
+    Devices,
+    Webauthn,
+}
+
+impl FactorTable {
+    /// The table; a fixed name, never input.
+    fn name(self) -> &'static str {
+        match self {
+            FactorTable::Devices => "mfa_devices",
+            FactorTable::Webauthn => "mfa_webauthn",
+        }
+    }
+}
+
 const DEVICE_COLUMNS: &str = "id, user_id, name, public_key, push_kind, push_address, created_at, last_seen_at";
 
 fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> MfaDevice {
@@ -151,13 +168,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn rename_device(&self, user_id: &str, id: &str, name: &str) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE mfa_devices SET name = ? WHERE id = ? AND user_id = ?")
-            .bind(name)
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.rename_factor(FactorTable::Devices, user_id, id, name).await
     }
 
     /// Removes one of `user_id`'s devices; false if there is no such device.
@@ -165,12 +176,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn remove_device(&self, user_id: &str, id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM mfa_devices WHERE id = ? AND user_id = ?")
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.remove_factor(FactorTable::Devices, user_id, id).await
     }
 
     /// Removes every device of a user (admin reset); how many went.
@@ -178,8 +184,33 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn remove_devices_of(&self, user_id: &str) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM mfa_devices WHERE user_id = ?").bind(user_id).execute(self.pool()).await?;
-        Ok(done.rows_affected())
+        self.remove_factors_of(FactorTable::Devices, user_id).await
+    }
+
+    /// Renames one of `user_id`'s rows in a factor table.
+    pub(super) async fn rename_factor(
+        &self,
+        table: FactorTable,
+        user_id: &str,
+        id: &str,
+        name: &str,
+    ) -> StoreResult<bool> {
+        let sql = format!("UPDATE {} SET name = ? WHERE id = ? AND user_id = ?", table.name());
+        let done = sqlx::query(&sql).bind(name).bind(id).bind(user_id).execute(self.pool()).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes one of `user_id`'s rows in a factor table.
+    pub(super) async fn remove_factor(&self, table: FactorTable, user_id: &str, id: &str) -> StoreResult<bool> {
+        let sql = format!("DELETE FROM {} WHERE id = ? AND user_id = ?", table.name());
+        let done = sqlx::query(&sql).bind(id).bind(user_id).execute(self.pool()).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes all of a user's rows in a factor table; how many went.
+    pub(super) async fn remove_factors_of(&self, table: FactorTable, user_id: &str) -> StoreResult<u64> {
+        let sql = format!("DELETE FROM {} WHERE user_id = ?", table.name());
+        Ok(sqlx::query(&sql).bind(user_id).execute(self.pool()).await?.rows_affected())
     }
 
     /// Records that a device talked to us.

@@ -6,6 +6,7 @@
 
 use sqlx::Row;
 
+use super::mfa::FactorTable;
 use super::{Store, StoreError, StoreResult};
 
 /// One registered WebAuthn credential.
@@ -122,13 +123,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn rename_webauthn_credential(&self, user_id: &str, id: &str, name: &str) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE mfa_webauthn SET name = ? WHERE id = ? AND user_id = ?")
-            .bind(name)
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.rename_factor(FactorTable::Webauthn, user_id, id, name).await
     }
 
     /// Removes one of `user_id`'s credentials; false if there is no such one.
@@ -136,12 +131,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn remove_webauthn_credential(&self, user_id: &str, id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM mfa_webauthn WHERE id = ? AND user_id = ?")
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.remove_factor(FactorTable::Webauthn, user_id, id).await
     }
 
     /// Removes every credential of a user (admin reset); how many went.
@@ -149,7 +139,6 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn remove_webauthn_credentials_of(&self, user_id: &str) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM mfa_webauthn WHERE user_id = ?").bind(user_id).execute(self.pool()).await?;
-        Ok(done.rows_affected())
+        self.remove_factors_of(FactorTable::Webauthn, user_id).await
     }
 }
