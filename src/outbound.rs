@@ -118,22 +118,7 @@ impl HttpClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Response, OutboundError> {
-        let mut request = self.inner.post(url).timeout(timeout).body(body);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let mut response = request.send().await.map_err(|e| OutboundError(e.without_url()))?;
-        let status = response.status().as_u16();
-        let headers = std::mem::take(response.headers_mut());
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| OutboundError(e.without_url()))? {
-            let room = MAX_RESPONSE_BYTES - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() == MAX_RESPONSE_BYTES {
-                break;
-            }
-        }
-        Ok(Response { status, headers, body })
+        Self::exchange(self.inner.post(url).timeout(timeout).body(body), headers).await
     }
 
     /// GETs `url` with `headers` and returns the status, headers and at most
@@ -143,7 +128,15 @@ impl HttpClient {
     /// # Errors
     /// Invalid URL or header, connection or TLS failure, or timeout.
     pub async fn get(&self, url: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<Response, OutboundError> {
-        let mut request = self.inner.get(url).timeout(timeout);
+        Self::exchange(self.inner.get(url).timeout(timeout), headers).await
+    }
+
+    /// Sends `request` with `headers`; the status, headers and at most
+    /// [`MAX_RESPONSE_BYTES`] of the body.
+    async fn exchange(
+        mut request: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, OutboundError> {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

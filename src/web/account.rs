@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 
 use super::AppState;
 use super::signin::{
-    SESSION_COOKIE, cookie, csrf_ok, current_session, end_session, esc, expired_form, factor, new_csrf, page,
-    password_sign_in, second_factor_required, start_session,
+    SESSION_COOKIE, cookie, csrf_ok, current_session, end_session, esc, expired_form, factor, internal_error, new_csrf,
+    page, password_sign_in, second_factor_required, start_session,
 };
 use crate::clock::generalized_time;
 use crate::mfa::pending::AfterSignin;
@@ -110,14 +110,14 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "cannot read second factors");
-            return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+            return internal_error();
         }
     };
     let keys = match state.identity.store.webauthn_credentials_of(&user_id).await {
         Ok(k) => k,
         Err(e) => {
             tracing::error!(error = %e, "cannot read security keys");
-            return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+            return internal_error();
         }
     };
     let webauthn = state.identity.mfa.webauthn_available();
@@ -189,7 +189,7 @@ async fn signin(
     }
     let now = state.identity.clock.now();
     let Some((session, _)) = start_session(&state, &headers, &account.id, now, "pwd").await else {
-        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        return internal_error();
     };
     let mut r = Redirect::to("/account").into_response();
     r.headers_mut().append(header::SET_COOKIE, session);
@@ -238,7 +238,7 @@ async fn password(
     let actor = Actor { name: account.dn.clone(), source: format!("web:{}", peer.ip()) };
     if let Err(e) = state.identity.set_password(&account, &form.new, &actor).await {
         tracing::error!(error = %e, "password change failed");
-        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        return internal_error();
     }
     Redirect::to("/account?done=password").into_response()
 }
@@ -375,10 +375,6 @@ async fn audit(state: &AppState, account: &crate::directory::Account, source: &s
     if let Err(e) = state.identity.store.audit_event(&account.dn, action, &account.name, source, detail, now).await {
         tracing::error!(error = %e, action, "cannot write an audit row");
     }
-}
-
-fn internal_error() -> Response {
-    page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>")
 }
 
 const BACK: &str = "<p><a href=\"/account\">Back to my account</a></p>";

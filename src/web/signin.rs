@@ -212,7 +212,7 @@ async fn signin(
     }
     let now = state.identity.clock.now();
     let Some((session_cookie, session)) = start_session(&state, &headers, &account.id, now, "pwd").await else {
-        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        return internal_error();
     };
     tracing::info!(user = %account.name, client = %req.client.name, "web sign-in succeeded");
     let mut response = continue_authorization(&state, &req, &session, false).await;
@@ -351,6 +351,11 @@ pub(super) async fn end_session(state: &AppState, id_hash: &str, owner: Option<&
     true
 }
 
+/// The generic 500 page (the cause is logged by the caller, never shown).
+pub(super) fn internal_error() -> Response {
+    page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>")
+}
+
 /// Whether a form's CSRF field matches the CSRF cookie (double submit).
 pub(super) fn csrf_ok(headers: &HeaderMap, field: &str) -> bool {
     cookie(headers, CSRF_COOKIE)
@@ -415,7 +420,7 @@ async fn continue_authorization(state: &AppState, req: &AuthRequest, session: &S
     };
     if let Err(e) = state.identity.store.insert_code(&hash_client_secret(&code), &grant).await {
         tracing::error!(error = %e, "cannot store authorization code");
-        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        return internal_error();
     }
     // Remembered for back-channel logout; a failure here costs only that.
     if let Err(e) = state.identity.store.add_session_client(&session.id_hash, &req.client.name).await {
@@ -568,7 +573,7 @@ async fn consent(State(state): State<AppState>, headers: HeaderMap, Form(form): 
     }
     if let Err(e) = state.identity.store.grant_consent(&session.user_id, &req.client.name, &req.scope, now).await {
         tracing::error!(error = %e, "cannot store consent");
-        return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>");
+        return internal_error();
     }
     continue_authorization(&state, &req, &session, true).await
 }

@@ -28,8 +28,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use super::{
-    AppState, continue_authorization, cookie, csrf_ok, esc, expired_form, page, page_with_head, reject, signin_page,
-    start_session, validate,
+    AppState, continue_authorization, cookie, csrf_ok, esc, expired_form, internal_error, page, page_with_head, reject,
+    signin_page, start_session, validate,
 };
 use crate::directory::Account;
 use crate::mfa::challenge::{ChallengeRequest, Outcome, Purpose, Ticket};
@@ -99,10 +99,6 @@ pub(in crate::web) fn json_error(status: StatusCode, message: &str) -> Response 
 /// whose counter a correct password resets.
 pub(in crate::web) fn lockout_key(user_id: &str) -> String {
     format!("mfa:{user_id}")
-}
-
-fn internal_error() -> Response {
-    page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>Internal error.</p>")
 }
 
 /// Runs after the password step. `None`: no second factor is needed (the
