@@ -240,6 +240,17 @@ pub enum OidcClientCmd {
         /// ends (OpenID Connect Back-Channel Logout): an absolute http(s) URL.
         #[arg(long = "backchannel-logout-uri", value_name = "URI")]
         backchannel_logout_uri: Option<String>,
+        /// Everyone signing in to this client needs a second factor, not
+        /// only members of mfa.required_groups.
+        #[arg(long)]
+        require_mfa: bool,
+    },
+    /// Who needs a second factor to sign in to a client: `required`
+    /// (everyone) or `by-group` (members of mfa.required_groups, and admins).
+    SetMfa {
+        name: String,
+        #[arg(value_parser = ["required", "by-group"])]
+        policy: String,
     },
     /// List clients.
     List,
@@ -449,7 +460,8 @@ async fn user_mfa(config: &Config, store: &Store, cmd: UserMfaCmd, actor: &Actor
     use crate::clock::Clock;
     let clock = std::sync::Arc::new(crate::clock::SystemClock);
     let now = clock.now();
-    let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), clock, config.data_dir.clone());
+    let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), clock, config.data_dir.clone())
+        .with_admin_group(&config.directory.admin_group);
     let name = match &cmd {
         UserMfaCmd::EnrollLink { name }
         | UserMfaCmd::Show { name }
@@ -638,6 +650,7 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
             third_party,
             id_token_alg,
             backchannel_logout_uri,
+            require_mfa,
         } => {
             let secret = (!public).then(client_secret);
             let data = store.load_directory().await?;
@@ -657,6 +670,7 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
                 consent_required: third_party,
                 id_token_signed_response_alg: id_token_alg,
                 backchannel_logout_uri,
+                mfa_required: require_mfa,
                 created_at: tx.now(),
                 updated_at: tx.now(),
             };
@@ -688,6 +702,13 @@ async fn oidc_client(store: &Store, cmd: OidcClientCmd, actor: &Actor) -> anyhow
                 if c.allowed_groups.is_empty() { "(everyone)".to_string() } else { c.allowed_groups.join(", ") }
             );
             println!("ID token alg:   {}", c.id_token_signed_response_alg);
+            println!("second factor:  {}", if c.mfa_required { "required" } else { "by group" });
+        }
+        OidcClientCmd::SetMfa { name, policy } => {
+            let mut tx = store.begin().await?;
+            tx.set_oidc_client_mfa(&name, policy == "required", actor).await?;
+            tx.commit().await?;
+            println!("client {name}: second factor {policy}");
         }
         OidcClientCmd::Del { name } => {
             let mut tx = store.begin().await?;

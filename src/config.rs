@@ -117,6 +117,9 @@ pub struct DirectoryConfig {
     pub home_base: String,
     /// Primary group of new users; created on first start.
     pub default_group: String,
+    /// Members of this group are instance admins; they always need a second
+    /// factor (`mfa`), whatever `mfa.required_groups` says. Empty = none.
+    pub admin_group: String,
 }
 
 /// Password checking and brute-force protection.
@@ -411,6 +414,7 @@ impl Default for DirectoryConfig {
             default_shell: "/bin/bash".into(),
             home_base: "/home".into(),
             default_group: "domain-users".into(),
+            admin_group: "portcullis-admins".into(),
         }
     }
 }

@@ -76,7 +76,8 @@ impl Identity {
             source_max_failures: a.source_max_failures.max(1),
             source_lock_secs: i64::try_from(a.source_lockout_secs).unwrap_or(i64::MAX),
         });
-        let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), Arc::clone(&clock), config.data_dir.clone());
+        let mfa = crate::mfa::Mfa::new(config.mfa.clone(), store.clone(), Arc::clone(&clock), config.data_dir.clone())
+            .with_admin_group(&config.directory.admin_group);
         if let Err(e) = mfa.set_webauthn_issuer(&config.http.issuer()) {
             tracing::warn!(error = %e, "security keys and passkeys (WebAuthn) are unavailable");
         }

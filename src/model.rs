@@ -179,6 +179,9 @@ pub struct OidcClient {
     /// Where the provider POSTs a logout token when a session that signed in
     /// to this client ends (OIDC Back-Channel Logout); `None` = not told.
     pub backchannel_logout_uri: Option<String>,
+    /// Everyone signing in to this client needs a second factor, whatever
+    /// their groups (`mfa.required_groups` still applies to the others).
+    pub mfa_required: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -120,6 +120,10 @@ fn start_push(
     if let Some(webhook) = senders.webhook() {
         identity.mfa.set_webhook(webhook.clone());
     }
+    if let Some(url) = &config.mfa.alert_url {
+        let alerter = crate::mfa::alert::Alerter::new(url, config.mfa.alert_secret.clone(), outbound.clone())?;
+        identity.mfa.set_alerter(alerter);
+    }
     Ok(senders.vapid_public_key().map(str::to_string))
 }
 

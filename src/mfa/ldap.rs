@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::challenge::{ChallengeRequest, Outcome, Purpose, Ticket};
-use super::{Mfa, PushRefusal};
+use super::{Mfa, PushRefusal, Service};
 use crate::directory::{Account, Snapshot};
 use crate::store::StoreResult;
 
@@ -90,8 +90,13 @@ impl Mfa {
     ///
     /// # Errors
     /// Database errors (the caller refuses the bind).
-    pub async fn ldap_factor(&self, snap: &Snapshot, account: &Account) -> StoreResult<LdapFactor> {
-        if !self.config.ldap || !self.required(snap, account) {
+    pub async fn ldap_factor(
+        &self,
+        snap: &Snapshot,
+        account: &Account,
+        source: Option<IpAddr>,
+    ) -> StoreResult<LdapFactor> {
+        if !self.required(snap, account, Service::Ldap { source }) {
             return Ok(LdapFactor::NotRequired);
         }
         if self.compat().is_some() {
@@ -285,25 +290,65 @@ mod tests {
         let sssd = account(&snap, SSSD);
         assert_eq!(sssd.kind, AccountKind::Service);
         add_device(&store, &alice.id).await;
-        assert_eq!(mfa.ldap_factor(&snap, &alice).await.unwrap(), LdapFactor::Push);
-        assert_eq!(mfa.ldap_factor(&snap, &bob).await.unwrap(), LdapFactor::Missing, "no factor: refuse");
-        assert_eq!(mfa.ldap_factor(&snap, &carol).await.unwrap(), LdapFactor::NotRequired, "not in the group");
-        assert_eq!(mfa.ldap_factor(&snap, &sssd).await.unwrap(), LdapFactor::NotRequired, "service account");
+        assert_eq!(mfa.ldap_factor(&snap, &alice, None).await.unwrap(), LdapFactor::Push);
+        assert_eq!(mfa.ldap_factor(&snap, &bob, None).await.unwrap(), LdapFactor::Missing, "no factor: refuse");
+        assert_eq!(mfa.ldap_factor(&snap, &carol, None).await.unwrap(), LdapFactor::NotRequired, "not in the group");
+        assert_eq!(mfa.ldap_factor(&snap, &sssd, None).await.unwrap(), LdapFactor::NotRequired, "service account");
 
         // TOTP counts only once confirmed, and only with the fallback on.
         let (_, b32) = mfa.start_totp(&bob.id, "bob", "test").await.unwrap();
-        assert_eq!(mfa.ldap_factor(&snap, &bob).await.unwrap(), LdapFactor::Missing, "unconfirmed");
+        assert_eq!(mfa.ldap_factor(&snap, &bob, None).await.unwrap(), LdapFactor::Missing, "unconfirmed");
         let secret = totp_rs::Secret::Encoded(b32).to_bytes().unwrap();
         let code = crate::mfa::totp::code_at(&secret, 1_700_000_000).unwrap();
         assert!(mfa.verify_totp(&bob.id, &code).await.unwrap());
-        assert_eq!(mfa.ldap_factor(&snap, &bob).await.unwrap(), LdapFactor::TotpSuffix);
+        assert_eq!(mfa.ldap_factor(&snap, &bob, None).await.unwrap(), LdapFactor::TotpSuffix);
         let with = |config: MfaConfig| {
             Mfa::new(config, store.clone(), Arc::new(ManualClock::new(1_700_000_000)), tmp.path().into())
         };
         let strict = with(MfaConfig { ldap_totp_fallback: false, ..config.clone() });
-        assert_eq!(strict.ldap_factor(&snap, &bob).await.unwrap(), LdapFactor::Missing, "fallback off");
+        assert_eq!(strict.ldap_factor(&snap, &bob, None).await.unwrap(), LdapFactor::Missing, "fallback off");
         let off = with(MfaConfig { ldap: false, ..config });
-        assert_eq!(off.ldap_factor(&snap, &alice).await.unwrap(), LdapFactor::NotRequired, "LDAP enforcement off");
+        assert_eq!(
+            off.ldap_factor(&snap, &alice, None).await.unwrap(),
+            LdapFactor::NotRequired,
+            "LDAP enforcement off"
+        );
+    }
+
+    #[tokio::test]
+    async fn policy_per_source_per_client_and_for_admins() {
+        let config = MfaConfig {
+            required_groups: vec!["mfausers".into()],
+            ldap_required_sources: vec!["10.9.0.0/24".parse().unwrap()],
+            ..MfaConfig::default()
+        };
+        let (mfa, snap, store, tmp) = setup(config.clone()).await;
+        let (alice, carol, sssd) = (account(&snap, ALICE), account(&snap, CAROL), account(&snap, SSSD));
+        let inside = Some(IpAddr::from([10, 9, 0, 7]));
+        let outside = Some(IpAddr::from([10, 8, 0, 7]));
+        let ldap = |source| Service::Ldap { source };
+        let web = |client_requires_mfa| Service::Web { client_requires_mfa };
+        // Carol is in no required group: only the sensitive subnet and the
+        // strict client ask her for a second factor; never the service account.
+        assert!(!mfa.required(&snap, &carol, ldap(outside)));
+        assert!(mfa.required(&snap, &carol, ldap(inside)));
+        assert!(!mfa.required(&snap, &sssd, ldap(inside)), "service accounts are exempt");
+        assert!(!mfa.required(&snap, &carol, web(false)));
+        assert!(mfa.required(&snap, &carol, web(true)));
+        assert!(!mfa.required(&snap, &sssd, web(true)));
+        assert!(mfa.required(&snap, &alice, ldap(outside)) && mfa.required(&snap, &alice, web(false)));
+
+        // Enforcement switched off per service wins for ordinary users...
+        let lax = MfaConfig { ldap: false, web: false, ..config };
+        let with = |config: MfaConfig| {
+            Mfa::new(config, store.clone(), Arc::new(ManualClock::new(1_700_000_000)), tmp.path().into())
+        };
+        let off = with(lax.clone());
+        assert!(!off.required(&snap, &alice, ldap(inside)) && !off.required(&snap, &carol, web(true)));
+        // ...but never for admins.
+        let admins = with(lax).with_admin_group("mfausers");
+        assert!(admins.required(&snap, &alice, ldap(None)) && admins.required(&snap, &alice, web(false)));
+        assert!(!admins.required(&snap, &carol, ldap(None)), "carol is no admin");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! them. Protocol front ends (LDAP binds, web sign-in) ask [`Mfa`]; the
 //! device API and push senders talk to it; it names no protocol type.
 
+pub mod alert;
 pub mod challenge;
 pub mod device;
 pub mod ldap;
@@ -28,6 +29,9 @@ use device::Verdict;
 pub struct MfaConfig {
     /// Members of these groups need a second factor (service accounts never).
     pub required_groups: Vec<String>,
+    /// Every user binding over LDAP from these addresses (a container, a
+    /// subnet of containers) needs a second factor.
+    pub ldap_required_sources: Vec<ipnet::IpNet>,
     /// Enforce on LDAP binds (SSH logins through SSSD).
     pub ldap: bool,
     /// Enforce on web sign-ins.
@@ -55,12 +59,19 @@ pub struct MfaConfig {
     pub backoff_secs: u64,
     /// Lifetime of a device enrollment link.
     pub enrollment_ttl_secs: u64,
+    /// Where admins are alerted (HTTP POST, JSON) when a user reports a push
+    /// as fraud; `None` = audit log only.
+    pub alert_url: Option<String>,
+    /// Signs alerts (`X-Portcullis-Signature: sha256=HEX`, HMAC-SHA256 of the
+    /// body) so the receiver knows they came from Portcullis.
+    pub alert_secret: Option<crate::config::Secret>,
 }
 
 impl Default for MfaConfig {
     fn default() -> Self {
         Self {
             required_groups: Vec::new(),
+            ldap_required_sources: Vec::new(),
             ldap: true,
             web: true,
             ldap_deadline_secs: 50,
@@ -73,8 +84,20 @@ impl Default for MfaConfig {
             backoff_after_failures: 3,
             backoff_secs: 60,
             enrollment_ttl_secs: 600,
+            alert_url: None,
+            alert_secret: None,
         }
     }
+}
+
+/// Where a sign-in happens, for the MFA policy ([`Mfa::required`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// An LDAP bind (an SSH login through SSSD) from `source`.
+    Ldap { source: Option<std::net::IpAddr> },
+    /// A web sign-in; `client_requires_mfa` when the OIDC client being
+    /// signed in to demands a second factor of everyone.
+    Web { client_requires_mfa: bool },
 }
 
 /// Called with each new challenge and the user's devices, to push it.
@@ -133,6 +156,10 @@ pub struct Mfa {
     webhook: OnceLock<crate::push::webhook::WebhookSender>,
     /// The WebAuthn relying party (`webauthn.rs`), once the issuer is known.
     webauthn: OnceLock<webauthn::RelyingParty>,
+    /// Members of this group always need a second factor.
+    admin_group: Option<String>,
+    /// Tells admins about fraud reports (`mfa.alert_url`).
+    alerter: OnceLock<alert::Alerter>,
 }
 
 impl Mfa {
@@ -151,7 +178,22 @@ impl Mfa {
             compat: OnceLock::new(),
             webhook: OnceLock::new(),
             webauthn: OnceLock::new(),
+            admin_group: None,
+            alerter: OnceLock::new(),
         }
+    }
+
+    /// Names the instance admins' group, whose members always need a second
+    /// factor whatever the rest of the policy says.
+    #[must_use]
+    pub fn with_admin_group(mut self, group: &str) -> Self {
+        self.admin_group = (!group.is_empty()).then(|| group.to_string());
+        self
+    }
+
+    /// Installs what alerts admins about fraud reports (first call wins).
+    pub fn set_alerter(&self, alerter: alert::Alerter) {
+        let _ = self.alerter.set(alerter);
     }
 
     /// Installs what pushes new challenges to devices (first call wins).
@@ -218,14 +260,28 @@ impl Mfa {
         Ok(self.sealer.get_or_init(|| sealer))
     }
 
-    /// Whether `account` needs a second factor: users in a required group;
-    /// never service accounts.
-    pub fn required(&self, snap: &Snapshot, account: &Account) -> bool {
-        if account.kind != AccountKind::User || self.config.required_groups.is_empty() {
+    /// Whether `account` needs a second factor for `service`. Service
+    /// accounts never do; members of the admin group always do, on every
+    /// service; other users when the service is enforced (`mfa.ldap`,
+    /// `mfa.web`) and they are in a required group, or the service asks it
+    /// of everyone (an LDAP source in `ldap_required_sources`, an OIDC client
+    /// registered with `--require-mfa`).
+    pub fn required(&self, snap: &Snapshot, account: &Account, service: Service) -> bool {
+        if account.kind != AccountKind::User {
             return false;
         }
         let groups = snap.groups_of(&account.name);
-        self.config.required_groups.iter().any(|g| groups.contains(g))
+        if self.admin_group.as_deref().is_some_and(|admin| groups.iter().any(|g| g == admin)) {
+            return true;
+        }
+        let (enforced, everyone) = match service {
+            Service::Ldap { source } => (
+                self.config.ldap,
+                source.is_some_and(|ip| self.config.ldap_required_sources.iter().any(|net| net.contains(&ip))),
+            ),
+            Service::Web { client_requires_mfa } => (self.config.web, client_requires_mfa),
+        };
+        enforced && (everyone || self.config.required_groups.iter().any(|g| groups.contains(g)))
     }
 
     /// A user's enrolled factors.
@@ -290,6 +346,7 @@ impl Mfa {
         verdict: Verdict,
     ) -> StoreResult<Result<Outcome, AnswerError>> {
         let now = self.clock.now();
+        let challenge = self.challenges.get(challenge_id, &device.user_id);
         let outcome = match self.challenges.answer(challenge_id, &device.user_id, &device.id, verdict) {
             Ok(o) => o,
             Err(e) => return Ok(Err(e)),
@@ -299,6 +356,17 @@ impl Mfa {
             self.store.lock_push(&device.user_id, "reported as fraud from a device", now).await?;
             tracing::warn!(user = %device.user_id, device = %device.name, "push reported as fraud; pushes locked");
             self.audit(&device.user_id, "mfa.fraud_reported", &detail, now).await;
+            if let (Some(alerter), Some(challenge)) = (self.alerter.get(), challenge) {
+                alerter.send(alert::Alert {
+                    event: "mfa.fraud_reported",
+                    username: challenge.username.clone(),
+                    user_id: device.user_id.clone(),
+                    device: device.name.clone(),
+                    what: challenge.purpose.describe(),
+                    source: challenge.source.map(|ip| ip.to_string()),
+                    time: now,
+                });
+            }
         } else {
             self.audit(&device.user_id, "mfa.answer", &detail, now).await;
         }

@@ -366,6 +366,7 @@ mod tests {
             consent_required: false,
             id_token_signed_response_alg: SigningAlg::default(),
             backchannel_logout_uri: None,
+            mfa_required: false,
             created_at: 0,
             updated_at: 0,
         }

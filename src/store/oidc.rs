@@ -23,11 +23,12 @@ fn client_from_row(r: &sqlx::sqlite::SqliteRow) -> OidcClient {
         // The column's CHECK constraint admits only the names SigningAlg parses.
         id_token_signed_response_alg: r.get::<String, _>("id_token_signed_response_alg").parse().unwrap_or_default(),
         backchannel_logout_uri: r.get("backchannel_logout_uri"),
+        mfa_required: r.get("mfa_required"),
     }
 }
 
 const CLIENT_COLUMNS: &str = "id, name, secret_hash, redirect_uris, post_logout_redirect_uris, allowed_groups, \
-     created_at, updated_at, consent_required, id_token_signed_response_alg, backchannel_logout_uri";
+     created_at, updated_at, consent_required, id_token_signed_response_alg, backchannel_logout_uri, mfa_required";
 
 impl Store {
     /// Every registered client, by name.
@@ -123,20 +124,23 @@ impl WriteTx {
         if exists.is_some() {
             return Err(StoreError::Duplicate(Kind::OidcClient, client.name.clone()));
         }
-        sqlx::query(&format!("INSERT INTO oidc_clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&client.id)
-            .bind(&client.name)
-            .bind(&client.secret_hash)
-            .bind(client.redirect_uris.join("\n"))
-            .bind(client.post_logout_redirect_uris.join("\n"))
-            .bind(client.allowed_groups.join("\n"))
-            .bind(client.created_at)
-            .bind(client.updated_at)
-            .bind(client.consent_required)
-            .bind(client.id_token_signed_response_alg.as_str())
-            .bind(&client.backchannel_logout_uri)
-            .execute(self.conn())
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO oidc_clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(&client.secret_hash)
+        .bind(client.redirect_uris.join("\n"))
+        .bind(client.post_logout_redirect_uris.join("\n"))
+        .bind(client.allowed_groups.join("\n"))
+        .bind(client.created_at)
+        .bind(client.updated_at)
+        .bind(client.consent_required)
+        .bind(client.id_token_signed_response_alg.as_str())
+        .bind(&client.backchannel_logout_uri)
+        .bind(client.mfa_required)
+        .execute(self.conn())
+        .await?;
         self.audit(actor, "oidc.client.add", &client.name, "").await
     }
 
@@ -154,6 +158,24 @@ impl WriteTx {
             return Err(StoreError::Invalid(format!("no confidential client named {name:?}")));
         }
         self.audit(actor, "oidc.client.rotate_secret", name, "").await
+    }
+
+    /// Sets whether everyone signing in to the client needs a second factor.
+    ///
+    /// # Errors
+    /// Unknown client.
+    pub async fn set_oidc_client_mfa(&mut self, name: &str, required: bool, actor: &Actor) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE oidc_clients SET mfa_required = ?, updated_at = ? WHERE name = ?")
+            .bind(required)
+            .bind(self.now())
+            .bind(name)
+            .execute(self.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(Kind::OidcClient, name.to_string()));
+        }
+        let policy = if required { "required" } else { "by-group" };
+        self.audit(actor, "oidc.client.mfa", name, policy).await
     }
 
     /// Deletes a client.

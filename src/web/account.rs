@@ -121,7 +121,7 @@ async fn account(State(state): State<AppState>, headers: HeaderMap, Query(notice
         }
     };
     let webauthn = state.identity.mfa.webauthn_available();
-    let factors_html = factors_section(&factors, second_factor_required(&state, &user_id), &csrf);
+    let factors_html = factors_section(&factors, second_factor_required(&state, &user_id, false), &csrf);
     let keys_html = webauthn_section(&keys, webauthn, &csrf);
     let rows: String = sessions
         .iter()
@@ -183,7 +183,7 @@ async fn signin(
     };
     let label = "your Portcullis account";
     if let Some(second_step) =
-        factor::after_password(&state, &headers, peer, &account, AfterSignin::Account, label).await
+        factor::after_password(&state, &headers, peer, &account, AfterSignin::Account, label, false).await
     {
         return second_step;
     }

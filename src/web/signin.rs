@@ -207,7 +207,9 @@ async fn signin(
         );
     };
     let after = AfterSignin::Authorization { request: form.request.clone() };
-    if let Some(second_step) = factor::after_password(&state, &headers, peer, &account, after, &req.client.name).await {
+    if let Some(second_step) =
+        factor::after_password(&state, &headers, peer, &account, after, &req.client.name, req.client.mfa_required).await
+    {
         return second_step;
     }
     let now = state.identity.clock.now();
@@ -315,22 +317,21 @@ pub(super) async fn start_session(
 pub(super) async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     let id_hash = hash_client_secret(&cookie(headers, SESSION_COOKIE)?);
     let live = state.identity.store.session(&id_hash, state.identity.clock.now()).await.ok().flatten()?;
-    if !live.amr.split(' ').any(|m| m == "mfa") && second_factor_required(state, &live.user_id) {
+    if !live.amr.split(' ').any(|m| m == "mfa") && second_factor_required(state, &live.user_id, false) {
         return None;
     }
     Some(Session { id_hash, user_id: live.user_id, auth_time: live.auth_time, sid: live.sid, amr: live.amr })
 }
 
-/// Whether web sign-ins of this user need a second factor (`mfa.web` and
-/// the MFA policy).
-pub(super) fn second_factor_required(state: &AppState, user_id: &str) -> bool {
-    if !state.identity.config.mfa.web {
-        return false;
-    }
+/// Whether web sign-ins of this user need a second factor (the MFA
+/// policy; `client_requires_mfa` when the client being signed in to asks it
+/// of everyone).
+pub(super) fn second_factor_required(state: &AppState, user_id: &str, client_requires_mfa: bool) -> bool {
     let snap = state.identity.directory.load();
+    let service = crate::mfa::Service::Web { client_requires_mfa };
     snap.user_by_id(user_id)
         .and_then(|e| snap.account(&e.ndn))
-        .is_some_and(|account| state.identity.mfa.required(&snap, account))
+        .is_some_and(|account| state.identity.mfa.required(&snap, account, service))
 }
 
 /// Ends a sign-in session (only `owner`'s, when given) and sends logout
@@ -386,6 +387,20 @@ async fn continue_authorization(state: &AppState, req: &AuthRequest, session: &S
                 esc(&req.client.name)
             ),
         );
+    }
+    if !session.amr.split(' ').any(|m| m == "mfa") && second_factor_required(state, user_id, req.client.mfa_required) {
+        // A session signed in with the password alone, and this client (or
+        // the policy) wants a second factor: step up through the sign-in.
+        if req.prompt.iter().any(|p| p == "none") {
+            return reject(Reject::Redirect {
+                uri: req.redirect_uri.clone(),
+                state: req.state.clone(),
+                error: "login_required",
+                description: "this application needs a second factor",
+                form_post: req.form_post,
+            });
+        }
+        return signin_page(req, Some("This application needs a second factor: sign in again."), StatusCode::OK);
     }
     let asked = req.prompt.iter().any(|p| p == "consent");
     if !consented && (req.client.consent_required || asked) {

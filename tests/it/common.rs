@@ -234,3 +234,76 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One request that reached an [`http_sink`].
+pub struct Delivered {
+    pub request_line: String,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Delivered {
+    /// A header's value ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// A stand-in HTTP endpoint (a back-channel logout receiver, an alert
+/// webhook): a loopback listener on its own thread that answers every
+/// request 200 and hands it to the test. It stops by itself after two
+/// minutes or once the test drops the receiver.
+pub fn http_sink() -> (u16, std::sync::mpsc::Receiver<Delivered>) {
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in endpoint");
+    let port = listener.local_addr().expect("address").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            // Headers, then as much body as Content-Length says (bounded).
+            let mut data = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut complete = false;
+            while data.len() < 64 * 1024 && !complete {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => data.extend_from_slice(&chunk[..n]),
+                }
+                let text = String::from_utf8_lossy(&data);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    complete = data.len() >= end + 4 + length;
+                }
+            }
+            let text = String::from_utf8_lossy(&data).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            let request_line = head.lines().next().unwrap_or("").to_string();
+            if tx.send(Delivered { request_line, headers, body: body.to_string() }).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}

@@ -471,7 +471,15 @@ fn ldap_binds_wait_for_the_device() {
 
 #[test]
 fn late_approvals_and_fraud_reports_are_refused() {
-    let server = setup(&[("PORTCULLIS_MFA__CHALLENGE_TTL_SECS", "3"), ("PORTCULLIS_MFA__LDAP_DEADLINE_SECS", "10")]);
+    let (alert_port, alerts) = crate::common::http_sink();
+    let alert_url = format!("http://127.0.0.1:{alert_port}/portcullis-alerts");
+    let alert_secret = "alert-secret-0123456789";
+    let server = setup(&[
+        ("PORTCULLIS_MFA__CHALLENGE_TTL_SECS", "3"),
+        ("PORTCULLIS_MFA__LDAP_DEADLINE_SECS", "10"),
+        ("PORTCULLIS_MFA__ALERT_URL", &alert_url),
+        ("PORTCULLIS_MFA__ALERT_SECRET", alert_secret),
+    ]);
     let alice = enroll(&server, "pcalice", "alice.key");
 
     // No answer in time: the bind fails, a late approval gets 409.
@@ -497,6 +505,18 @@ fn late_approvals_and_fraud_reports_are_refused() {
     assert!(!bind_result(bind).status.success(), "bind succeeded while pushes are locked");
     let audit = server.cli(&["audit", "--limit", "200"], None);
     assert!(audit.contains("mfa.fraud_reported"), "{audit}");
+    // ...and admins are alerted through the hook, with a signed body.
+    let alert = alerts.recv_timeout(Duration::from_secs(10)).expect("an admin alert arrives");
+    assert_eq!(alert.request_line, "POST /portcullis-alerts HTTP/1.1");
+    assert_eq!(alert.header("content-type"), "application/json");
+    let expected = portcullis::push::webhook::signature(alert_secret.as_bytes(), alert.body.as_bytes());
+    assert_eq!(alert.header("x-portcullis-signature"), expected, "the alert is signed");
+    let body: Value = serde_json::from_str(&alert.body).expect("JSON alert");
+    assert_eq!(body["event"], "mfa.fraud_reported");
+    assert_eq!(body["username"], "pcalice");
+    assert!(body["what"].as_str().unwrap().starts_with("SSH login to "), "{body}");
+    assert!(!alert.body.contains("alice-pw-1"), "no secret in the alert");
+    assert!(alerts.recv_timeout(Duration::from_millis(300)).is_err(), "one alert per report");
 
     assert!(server.cli(&["user", "mfa", "unlock", "pcalice"], None).contains("unlocked"));
     assert!(show(&server, "pcalice").lines().any(|l| l == "pushes locked: no"));

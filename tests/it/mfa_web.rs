@@ -559,3 +559,55 @@ fn pending_sign_in_is_not_a_session() {
     let none = rp.step(json!({"cmd": "authorize", "prompt": "none"}));
     assert_eq!(none["error"], "login_required", "no session was started: {none}");
 }
+
+/// The policy beyond groups: a client registered to require a second factor
+/// asks it of everyone (a password-only session steps up), and members of
+/// the admin group always need one.
+#[test]
+fn client_policy_and_admins() {
+    let server = server();
+    let secret = add_client(&server);
+    server.add_user("paula", "paula-password-1");
+    server.add_user("adam", "adam-password-1");
+    server.cli(&["group", "add", "portcullis-admins"], None);
+    server.cli(&["group", "add-member", "portcullis-admins", "adam"], None);
+    let recovery = |user: &str| -> Vec<String> {
+        let out = server.cli(&["user", "mfa", "recovery-codes", user], None);
+        out.lines().skip_while(|l| !l.starts_with("recovery codes")).skip(1).map(String::from).collect()
+    };
+    let paula_codes = recovery("paula");
+    let adam_codes = recovery("adam");
+    assert_eq!((paula_codes.len(), adam_codes.len()), (10, 10));
+    server.settle();
+    let mut rp = Rp::start(&server, &secret);
+
+    // Paula is in no MFA group: the password alone signs her in...
+    let done = rp.through_password("paula", "paula-password-1");
+    assert_eq!(signed_in(&done)["amr"], json!(["pwd"]));
+
+    // ...until the client requires a second factor: her password-only
+    // session is not enough, she signs in again and confirms.
+    let out = server.cli(&["oidc", "client", "set-mfa", "mfaapp", "required"], None);
+    assert!(out.contains("second factor required"), "{out}");
+    assert!(server.cli(&["oidc", "client", "show", "mfaapp"], None).contains("second factor:  required"));
+    server.settle();
+    let again = rp.authorize();
+    assert_eq!(again["title"], "Sign in", "{again}");
+    assert!(alert(&again).contains("needs a second factor"), "{again}");
+    let factor = rp.password("paula", "paula-password-1");
+    assert_eq!(factor["title"], "Confirm your sign-in", "{factor}");
+    let done = rp.submit("/signin/factor/recovery", json!({"code": paula_codes[0]}));
+    assert_eq!(signed_in(&done)["amr"], json!(["pwd", "mfa"]));
+
+    // Back to the group policy: an admin still needs the second factor.
+    server.cli(&["oidc", "client", "set-mfa", "mfaapp", "by-group"], None);
+    server.settle();
+    let done = rp.through_password("paula", "paula-password-1");
+    assert_eq!(signed_in(&done)["amr"], json!(["pwd"]), "by group again");
+    let factor = rp.sign_in_to_factor_page("adam", "adam-password-1");
+    assert!(forms(&factor).contains(&"/signin/factor/recovery".to_string()), "{factor}");
+    let done = rp.submit("/signin/factor/recovery", json!({"code": adam_codes[0]}));
+    assert_eq!(signed_in(&done)["preferred_username"], "adam");
+    let audit = server.cli(&["audit", "--limit", "100"], None);
+    assert!(audit.contains("oidc.client.mfa"), "{audit}");
+}

@@ -891,69 +891,6 @@ fn base64_url_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// One request that reached the stand-in back-channel endpoint.
-struct Delivered {
-    request_line: String,
-    content_type: String,
-    body: String,
-}
-
-/// A relying party's back-channel logout endpoint: a loopback listener on
-/// its own thread that answers every request 200 and hands it to the test.
-/// It stops by itself after two minutes or once the test drops the receiver.
-fn backchannel_endpoint() -> (u16, std::sync::mpsc::Receiver<Delivered>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the back-channel endpoint");
-    let port = listener.local_addr().expect("address").port();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while std::time::Instant::now() < deadline {
-            let Ok((mut stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            // Headers, then as much body as Content-Length says (bounded).
-            let mut data = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let mut complete = false;
-            while data.len() < 64 * 1024 && !complete {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => data.extend_from_slice(&chunk[..n]),
-                }
-                let text = String::from_utf8_lossy(&data);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    complete = data.len() >= end + 4 + length;
-                }
-            }
-            let text = String::from_utf8_lossy(&data).into_owned();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            let content_type = head
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")))
-                .map(|(_, v)| v.trim().to_string())
-                .unwrap_or_default();
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-            let request_line = head.lines().next().unwrap_or("").to_string();
-            if tx.send(Delivered { request_line, content_type, body: body.to_string() }).is_err() {
-                break;
-            }
-        }
-    });
-    (port, rx)
-}
-
 /// Verifies a JWT against the provider's JWKS (signature, issuer, audience,
 /// expiry) and returns its header and claims.
 fn verify_jwt(server: &TestServer, token: &str, audience: &str) -> (jsonwebtoken::Header, serde_json::Value) {
@@ -973,7 +910,7 @@ fn verify_jwt(server: &TestServer, token: &str, audience: &str) -> (jsonwebtoken
 fn backchannel_logout_reaches_the_client() {
     let server = TestServer::start();
     server.add_user("bcerin", "erin-pw-123");
-    let (port, delivered) = backchannel_endpoint();
+    let (port, delivered) = crate::common::http_sink();
     // A client whose endpoint accepts the connection and never answers: the
     // provider times out and retries, and no sign-out waits for it.
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1068,9 +1005,9 @@ fn backchannel_logout_reaches_the_client() {
         verify_jwt(&server, id_token, client).1
     };
     let next_delivery = || delivered.recv_timeout(Duration::from_secs(10)).expect("a back-channel POST within 10 s");
-    let check_logout_token = |got: &Delivered, id: &serde_json::Value| -> String {
+    let check_logout_token = |got: &crate::common::Delivered, id: &serde_json::Value| -> String {
         assert_eq!(got.request_line, "POST /backchannel HTTP/1.1");
-        assert_eq!(got.content_type, "application/x-www-form-urlencoded");
+        assert_eq!(got.header("content-type"), "application/x-www-form-urlencoded");
         let form: Vec<(String, String)> = form_urlencoded::parse(got.body.as_bytes()).into_owned().collect();
         assert_eq!(form.len(), 1, "only logout_token is sent: {form:?}");
         assert_eq!(form[0].0, "logout_token");

@@ -49,7 +49,7 @@ async fn simple(session: &mut Session, dn: &str, password: &str) -> LdapResult {
     // Which second factor this account needs decides how the password is read.
     let snapshot = identity.directory.load();
     let factor = match crate::directory::dn::normalize(dn).and_then(|ndn| snapshot.account(&ndn).cloned()) {
-        Some(account) => match identity.mfa.ldap_factor(&snapshot, &account).await {
+        Some(account) => match identity.mfa.ldap_factor(&snapshot, &account, Some(peer.ip())).await {
             Ok(factor) => factor,
             Err(e) => {
                 tracing::error!(dn = %dn, %peer, error = %e, "cannot read the second factors; refusing the bind");

@@ -112,8 +112,9 @@ pub(in crate::web) async fn after_password(
     account: &Account,
     after: AfterSignin,
     label: &str,
+    client_requires_mfa: bool,
 ) -> Option<Response> {
-    if !super::second_factor_required(state, &account.id) {
+    if !super::second_factor_required(state, &account.id, client_requires_mfa) {
         return None;
     }
     let identity = &state.identity;
