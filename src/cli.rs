@@ -60,6 +60,27 @@ pub enum Command {
     /// answer sign-in challenges (push 2FA from a terminal).
     #[command(subcommand)]
     Device(crate::device_client::DeviceCmd),
+    /// Manage sites: the networks containers live in (subnet, DNS domain, address range).
+    #[command(subcommand)]
+    Site(crate::provision::cli::SiteCmd),
+    /// Manage Proxmox VE nodes that containers are placed on.
+    #[command(subcommand)]
+    Node(crate::provision::cli::NodeCmd),
+    /// Manage plans: container size classes.
+    #[command(subcommand)]
+    Plan(crate::provision::cli::PlanCmd),
+    /// Manage entitlements: which groups' members get containers of which plan.
+    #[command(subcommand)]
+    Entitlement(crate::provision::cli::EntitlementCmd),
+    /// Manage per-user and per-group quotas.
+    #[command(subcommand)]
+    Quota(crate::provision::cli::QuotaCmd),
+    /// Request, list, inspect, start, stop and delete containers; follow their progress.
+    #[command(subcommand)]
+    Container(crate::provision::cli::ContainerCmd),
+    /// Container requests beyond a quota, for an admin to approve or decline.
+    #[command(subcommand)]
+    Request(crate::provision::cli::RequestCmd),
     /// Show the newest audit-log entries.
     Audit {
         /// How many entries.
@@ -320,7 +341,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let store = Store::open(&config.database_path())
         .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?
+        .with_provision_policy(config.provision.policy());
     let result = admin(&config, &store, cli.command).await;
     store.close().await;
     result
@@ -340,6 +362,13 @@ async fn admin(config: &Config, store: &Store, command: Command) -> anyhow::Resu
             println!("{report}");
             Ok(())
         }
+        Command::Site(cmd) => crate::provision::cli::site(store, cmd, &actor).await,
+        Command::Node(cmd) => crate::provision::cli::node(config, store, cmd, &actor).await,
+        Command::Plan(cmd) => crate::provision::cli::plan(store, cmd, &actor).await,
+        Command::Entitlement(cmd) => crate::provision::cli::entitlement(store, cmd, &actor).await,
+        Command::Quota(cmd) => crate::provision::cli::quota(store, cmd, &actor).await,
+        Command::Container(cmd) => crate::provision::cli::container(store, cmd, &actor).await,
+        Command::Request(cmd) => crate::provision::cli::request(store, cmd, &actor).await,
         Command::Audit { limit } => {
             for e in store.audit_tail(limit).await? {
                 println!(

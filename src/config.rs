@@ -22,6 +22,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub push: PushConfig,
     pub mfa: crate::mfa::MfaConfig,
+    pub provision: crate::provision::ProvisionConfig,
 }
 
 /// The HTTPS listener (OpenID provider; later the web UI and admin API).
@@ -383,6 +384,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             push: PushConfig::default(),
             mfa: crate::mfa::MfaConfig::default(),
+            provision: crate::provision::ProvisionConfig::default(),
         }
     }
 }

@@ -32,7 +32,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let store = Store::open(&config.database_path())
         .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?
+        .with_provision_policy(config.provision.policy());
     bootstrap(&config, &store).await?;
     let tls = crate::tls::server_config(&config)?;
     let identity = Identity::open(Arc::clone(&config), store, Arc::new(SystemClock)).await?;
@@ -75,6 +76,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let reconciler = if config.provision.enabled {
+        let sealer = Arc::new(crate::secrets::Sealer::load_or_create(&config.data_dir)?);
+        let reconciler = crate::provision::reconcile::Reconciler::new(
+            identity.store.clone(),
+            sealer,
+            config.provision.clone(),
+            Arc::clone(&identity.clock),
+        );
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        Some(tokio::spawn(reconciler.run(stopped)))
+    } else {
+        None
+    };
     let server = LdapServer::new(Arc::clone(&identity), tls);
     let serving = tokio::spawn(server.serve(Listeners { ldap, ldaps }, stop_rx));
 
@@ -88,6 +105,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = refresher.await;
+    if let Some(reconciler) = reconciler {
+        let _ = reconciler.await;
+    }
     identity.store.close().await;
     Ok(())
 }

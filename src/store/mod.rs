@@ -8,6 +8,7 @@
 
 mod mfa;
 mod oidc;
+mod provision;
 mod signin;
 mod webauthn;
 mod write;
@@ -22,6 +23,7 @@ use sqlx::{Row, SqlitePool};
 use crate::model::{AuditEntry, Group, Kind, ServiceAccount, User};
 
 pub use mfa::{MfaDevice, TotpRecord};
+pub use provision::{NewContainer, Progress};
 pub use signin::{CodeGrant, EndedSession, LiveSession, RefreshGrant, RefreshOutcome, SessionInfo};
 pub use webauthn::WebauthnCredential;
 pub use write::{NewGroup, NewUser, WriteTx};
@@ -59,6 +61,8 @@ pub struct DirectoryData {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// What entitlement changes need (grace period, default quotas).
+    policy: std::sync::Arc<crate::provision::Policy>,
 }
 
 impl Store {
@@ -112,7 +116,15 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, policy: std::sync::Arc::default() })
+    }
+
+    /// Sets the provisioning policy that write transactions apply when
+    /// memberships or entitlements change (default quotas, grace period).
+    #[must_use]
+    pub fn with_provision_policy(mut self, policy: crate::provision::Policy) -> Self {
+        self.policy = std::sync::Arc::new(policy);
+        self
     }
 
     /// Starts a write transaction (taking the write lock and bumping the generation).
@@ -120,7 +132,7 @@ impl Store {
     /// # Errors
     /// The database is unreachable or stays locked past the busy timeout.
     pub async fn begin(&self) -> StoreResult<WriteTx> {
-        WriteTx::begin(&self.pool).await
+        WriteTx::begin(&self.pool, std::sync::Arc::clone(&self.policy)).await
     }
 
     /// The directory generation: changes whenever any write commits.

@@ -46,10 +46,17 @@ enum NumberKind {
 pub struct WriteTx {
     tx: Transaction<'static, Sqlite>,
     now: i64,
+    pub(super) policy: std::sync::Arc<crate::provision::Policy>,
+    /// Memberships, users, groups or entitlements changed: the desired
+    /// containers are brought in line before the commit (same transaction).
+    pub(super) entitlements_dirty: bool,
 }
 
 impl WriteTx {
-    pub(super) async fn begin(pool: &SqlitePool) -> StoreResult<Self> {
+    pub(super) async fn begin(
+        pool: &SqlitePool,
+        policy: std::sync::Arc<crate::provision::Policy>,
+    ) -> StoreResult<Self> {
         let mut tx = pool.begin().await?;
         // Writing first takes the lock now rather than at a later upgrade.
         sqlx::query(
@@ -58,14 +65,17 @@ impl WriteTx {
         )
         .execute(&mut *tx)
         .await?;
-        Ok(Self { tx, now: SystemClock.now() })
+        Ok(Self { tx, now: SystemClock.now(), policy, entitlements_dirty: false })
     }
 
     /// Commits every change made in this transaction.
     ///
     /// # Errors
     /// Database errors; nothing is committed then.
-    pub async fn commit(self) -> StoreResult<()> {
+    pub async fn commit(mut self) -> StoreResult<()> {
+        if self.entitlements_dirty {
+            self.sync_entitlements().await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }
@@ -393,6 +403,7 @@ impl WriteTx {
         let id = self.id_of(Kind::User, user).await?;
         self.touch_groups_of(&id).await?;
         sqlx::query("DELETE FROM users WHERE id = ?").bind(&id).execute(&mut *self.tx).await?;
+        self.entitlements_dirty = true;
         self.audit(actor, "user.delete", user, "").await
     }
 
@@ -440,6 +451,7 @@ impl WriteTx {
     pub async fn delete_group(&mut self, group: &str, actor: &Actor) -> StoreResult<()> {
         let id = self.id_of(Kind::Group, group).await?;
         sqlx::query("DELETE FROM groups WHERE id = ?").bind(&id).execute(&mut *self.tx).await?;
+        self.entitlements_dirty = true;
         self.audit(actor, "group.delete", group, "").await
     }
 
@@ -462,6 +474,7 @@ impl WriteTx {
             return Err(StoreError::Invalid(format!("user {user:?} is already a member of group {group:?}")));
         }
         self.touch(Kind::Group, &gid).await?;
+        self.entitlements_dirty = true;
         self.audit(actor, "group.member.add", group, user).await
     }
 
@@ -481,6 +494,7 @@ impl WriteTx {
             return Err(StoreError::Invalid(format!("user {user:?} is not a member of group {group:?}")));
         }
         self.touch(Kind::Group, &gid).await?;
+        self.entitlements_dirty = true;
         self.audit(actor, "group.member.remove", group, user).await
     }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly when its setup fails")]
 mod cli;
 mod common;
+mod dnsmasq;
 mod import;
 mod ldap_utils;
 mod mfa_approve;
@@ -14,5 +15,7 @@ mod mfa_ldap;
 mod mfa_web;
 mod mfa_webauthn;
 mod oidc;
+mod provision;
+mod proxmox;
 mod robustness;
 mod sssd;
