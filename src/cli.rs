@@ -367,7 +367,7 @@ async fn admin(config: &Config, store: &Store, command: Command) -> anyhow::Resu
         Command::Plan(cmd) => crate::provision::cli::plan(store, cmd, &actor).await,
         Command::Entitlement(cmd) => crate::provision::cli::entitlement(store, cmd, &actor).await,
         Command::Quota(cmd) => crate::provision::cli::quota(store, cmd, &actor).await,
-        Command::Container(cmd) => crate::provision::cli::container(store, cmd, &actor).await,
+        Command::Container(cmd) => crate::provision::cli::container(config, store, cmd, &actor).await,
         Command::Request(cmd) => crate::provision::cli::request(store, cmd, &actor).await,
         Command::Audit { limit } => {
             for e in store.audit_tail(limit).await? {

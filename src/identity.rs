@@ -64,7 +64,7 @@ impl Identity {
     /// The store cannot be opened or read.
     pub async fn open(config: Arc<Config>, store: Store, clock: SharedClock) -> StoreResult<Arc<Self>> {
         let data = store.load_directory().await?;
-        let snapshot = Snapshot::build(&data, &config.ldap.base_dn);
+        let snapshot = Snapshot::build_with_admins(&data, &config.ldap.base_dn, &config.directory.admin_group);
         drop(data);
         release_memory();
         let hasher = Hasher::new(config.auth.hash_concurrency);
@@ -113,7 +113,8 @@ impl Identity {
     pub async fn reload(&self) -> StoreResult<()> {
         let data = self.store.load_directory().await?;
         let base = self.config.ldap.base_dn.clone();
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(&data, &base))
+        let admins = self.config.directory.admin_group.clone();
+        let snapshot = tokio::task::spawn_blocking(move || Snapshot::build_with_admins(&data, &base, &admins))
             .await
             .map_err(|e| StoreError::Invalid(format!("snapshot build failed: {e}")))?;
         self.directory.replace(snapshot);

@@ -14,12 +14,14 @@ use super::schema;
 pub enum EntryKind {
     /// The naming context itself (or the root DSE).
     Base,
-    /// `ou=people` / `ou=groups`.
+    /// `ou=people` / `ou=groups` / `ou=sudoers`.
     Container,
     /// A user; carries the login name.
     User(Box<str>),
     /// A group.
     Group,
+    /// A container's sudoRole (under `ou=sudoers`).
+    SudoRule,
 }
 
 /// Where one attribute's values sit in the entry's buffer.

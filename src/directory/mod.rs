@@ -5,6 +5,7 @@
 //! they never wait on the database. A snapshot is built from
 //! [`crate::store::DirectoryData`] in one pass and never mutated afterwards.
 
+mod containers;
 pub mod dn;
 mod entry;
 pub mod schema;
@@ -95,14 +96,24 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the tree under `base_dn` from the store's data.
+    /// Builds the tree under `base_dn` from the store's data, without
+    /// instance admins.
     pub fn build(data: &DirectoryData, base_dn: &str) -> Self {
+        Self::build_with_admins(data, base_dn, "")
+    }
+
+    /// Builds the tree under `base_dn` from the store's data. Members of
+    /// `admin_group` (`directory.admin_group`; empty = none) may log in to
+    /// every container: their entries list every container in `host`.
+    pub fn build_with_admins(data: &DirectoryData, base_dn: &str, admin_group: &str) -> Self {
         let base = dn::Dn::parse(base_dn).unwrap_or_default();
         let base_ndn: Arc<str> = Arc::from(base.normalized());
         let people_ndn: Arc<str> = Arc::from(format!("ou=people,{base_ndn}"));
         let groups_ndn: Arc<str> = Arc::from(format!("ou=groups,{base_ndn}"));
+        let sudoers_ndn: Arc<str> = Arc::from(format!("ou=sudoers,{base_ndn}"));
         let people_dn = format!("ou=people,{base}");
         let groups_dn = format!("ou=groups,{base}");
+        let sudoers_dn = format!("ou=sudoers,{base}");
         let services_dn = format!("ou=services,{base}");
         let user_dn = |name: &str| format!("uid={},{people_dn}", dn::escape_value(name));
         let group_dn = |name: &str| format!("cn={},{groups_dn}", dn::escape_value(name));
@@ -110,7 +121,7 @@ impl Snapshot {
             dn::normalize(&format!("{attr}={},{parent}", dn::escape_value(name))).unwrap_or_default()
         };
 
-        let mut entries = Vec::with_capacity(data.users.len() + data.groups.len() + 3);
+        let mut entries = Vec::with_capacity(data.users.len() + data.groups.len() + data.containers.len() + 4);
         let (rdn_attr, rdn_value) =
             base.rdns.first().and_then(|r| r.first()).map(|a| (a.attr.clone(), a.value.clone())).unwrap_or_default();
         let base_entry = match rdn_attr.as_str() {
@@ -123,7 +134,9 @@ impl Snapshot {
         };
         let base_parent: Arc<str> = Arc::from(base.parent().normalized());
         entries.push(finish(base_entry, base.to_string(), base_ndn.to_string(), base_parent, EntryKind::Base, None));
-        for (ou, ndn) in [("people", &people_ndn), ("groups", &groups_ndn)] {
+        // ou=sudoers exists even without rules, so SSSD's sudo searches
+        // under it (ldap_sudo_search_base) always find their base.
+        for (ou, ndn) in [("people", &people_ndn), ("groups", &groups_ndn), ("sudoers", &sudoers_ndn)] {
             let b = EntryBuilder::default().many("objectClass", ["top", "organizationalUnit"]).one("ou", ou);
             entries.push(finish(
                 b,
@@ -144,13 +157,19 @@ impl Snapshot {
             }
         }
 
+        let login_hosts = containers::LoginHosts::compute(data, admin_group);
+
         let mut accounts = HashMap::with_capacity(data.users.len() + data.service_accounts.len());
         for u in &data.users {
             let dn = user_dn(&u.name);
             let ndn = leaf_ndn("uid", &u.name, &people_ndn);
+            let hosts = login_hosts.hosts_of(&u.id);
             let mut classes = vec!["top", "person", "organizationalPerson", "inetOrgPerson", "posixAccount"];
             if !u.ssh_keys.is_empty() {
                 classes.push("ldapPublicKey");
+            }
+            if !hosts.is_empty() {
+                classes.push("hostObject");
             }
             let surname = u.display_name.rsplit(' ').next().unwrap_or(&u.name);
             let b = EntryBuilder::default()
@@ -166,6 +185,7 @@ impl Snapshot {
                 .one("loginShell", &u.login_shell)
                 .one("mail", u.email.as_deref().unwrap_or_default())
                 .many("sshPublicKey", &u.ssh_keys)
+                .many("host", hosts)
                 .operational("entryUUID", [&u.id])
                 .operational("structuralObjectClass", ["inetOrgPerson"])
                 .operational("memberOf", member_of.remove(u.id.as_str()).unwrap_or_default());
@@ -198,6 +218,12 @@ impl Snapshot {
             let ndn = leaf_ndn("cn", &g.name, &groups_ndn);
             let times = Some((g.created_at, g.updated_at));
             entries.push(finish(b, group_dn(&g.name), ndn, Arc::clone(&groups_ndn), EntryKind::Group, times));
+        }
+        for rule in containers::sudo_rules(data) {
+            let dn = format!("cn={},{sudoers_dn}", dn::escape_value(&rule.cn));
+            let ndn = leaf_ndn("cn", &rule.cn, &sudoers_ndn);
+            let parent = Arc::clone(&sudoers_ndn);
+            entries.push(finish(rule.entry, dn, ndn, parent, EntryKind::SudoRule, Some(rule.times)));
         }
         for s in &data.service_accounts {
             let dn = format!("cn={},{services_dn}", dn::escape_value(&s.name));

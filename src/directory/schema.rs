@@ -53,6 +53,21 @@ const ATTRIBUTES: &[(&str, Rule)] = &[
     ("hasSubordinates", Rule::CaseIgnore),
     ("creatorsName", Rule::Dn),
     ("modifiersName", Rule::Dn),
+    // account (RFC 4524 / nis.schema): the hosts a user may log in to, which
+    // SSSD's `ldap_access_order = host` compares with the machine's names.
+    ("host", Rule::CaseIgnore),
+    // sudoRole (sudo's schema). sudoHost compares case-insensitively, as
+    // host names do in sudo itself (the schema says caseExactIA5Match).
+    ("sudoUser", Rule::CaseExact),
+    ("sudoHost", Rule::CaseIgnore),
+    ("sudoCommand", Rule::CaseExact),
+    ("sudoRunAs", Rule::CaseExact),
+    ("sudoRunAsUser", Rule::CaseExact),
+    ("sudoRunAsGroup", Rule::CaseExact),
+    ("sudoOption", Rule::CaseExact),
+    ("sudoNotBefore", Rule::GeneralizedTime),
+    ("sudoNotAfter", Rule::GeneralizedTime),
+    ("sudoOrder", Rule::Integer),
 ];
 
 /// Canonical names of the known attributes, in table order.
@@ -129,7 +144,8 @@ mod tests {
     fn lookups_are_case_insensitive_with_aliases() {
         assert_eq!(canonical("UIDNUMBER"), Some("uidNumber"));
         assert_eq!(canonical("commonName"), Some("cn"));
-        assert_eq!(canonical("sudoRole"), None);
+        assert_eq!(canonical("sudoRole"), None, "an object class, not an attribute");
+        assert_eq!(canonical("SUDOHOST"), Some("sudoHost"));
         assert_eq!(canonical("userCertificate;binary"), None);
     }
 

@@ -220,8 +220,68 @@ mod tests {
                 updated_at: 2,
             }],
             service_accounts: vec![],
+            containers: vec![],
         };
         Snapshot::build(&data, "dc=example,dc=org")
+    }
+
+    /// Containers on top of `snapshot()`'s people: alice owns alice-small,
+    /// group devs (alice, carol) owns devs-shared, nobody owns stray,
+    /// disabled dave owns dave-small; bob is an instance admin.
+    fn container_snapshot() -> Snapshot {
+        use crate::provision::model::Owner;
+        use crate::store::ContainerAccess;
+        let user = |id: &str, name: &str, uid: i64, disabled: bool| User {
+            id: id.into(),
+            name: name.into(),
+            uid_number: uid,
+            gid_number: 20000,
+            display_name: format!("{name} Example"),
+            email: None,
+            login_shell: "/bin/bash".into(),
+            home_directory: format!("/home/{name}"),
+            ssh_keys: vec![],
+            password_hash: None,
+            disabled,
+            created_at: 1_795_000_000,
+            updated_at: 1_795_000_100,
+        };
+        let group = |id: &str, name: &str, gid: i64, members: &[&str]| Group {
+            id: id.into(),
+            name: name.into(),
+            gid_number: gid,
+            description: String::new(),
+            member_ids: members.iter().map(|m| m.to_string()).collect(),
+            created_at: 1,
+            updated_at: 2,
+        };
+        let container = |id: &str, name: &str, domain: &str, owner: Owner, updated_at: i64| ContainerAccess {
+            id: id.into(),
+            name: name.into(),
+            domain: domain.into(),
+            owner,
+            collaborators: Vec::new(),
+            created_at: 1_795_000_200,
+            updated_at,
+        };
+        let data = DirectoryData {
+            generation: 1,
+            users: vec![
+                user("u1", "alice", 10001, false),
+                user("u2", "bob", 10002, false),
+                user("u3", "carol", 10003, false),
+                user("u4", "dave", 10004, true),
+            ],
+            groups: vec![group("g1", "devs", 20001, &["u1", "u3"]), group("g2", "admins", 20002, &["u2", "u4"])],
+            service_accounts: vec![],
+            containers: vec![
+                container("c1", "alice-small", "lab.test", Owner::User("u1".into()), 1_795_000_300),
+                container("c2", "devs-shared", "Lab.Test.", Owner::Group("g1".into()), 1_795_000_500),
+                container("c3", "stray", "", Owner::None, 1_795_000_300),
+                container("c4", "dave-small", "lab.test", Owner::User("u4".into()), 1_795_000_300),
+            ],
+        };
+        Snapshot::build_with_admins(&data, "dc=example,dc=org", "admins")
     }
 
     /// Names (uid or cn) of the entries `filter` matches, by scanning and by index.
@@ -240,7 +300,15 @@ mod tests {
     }
 
     fn check_filter(filter: &str, f: &LdapFilter, expected: &[&str]) {
-        let snap = snapshot();
+        check_in(&snapshot(), filter, f, expected);
+    }
+
+    /// Like `check`, against `container_snapshot()`.
+    fn check_containers(filter: &str, expected: &[&str]) {
+        check_in(&container_snapshot(), filter, &parse_ldap_filter_str(filter).unwrap(), expected);
+    }
+
+    fn check_in(snap: &Snapshot, filter: &str, f: &LdapFilter, expected: &[&str]) {
         let f = f.clone();
         let matched: Vec<u32> =
             (0..snap.entries.len() as u32).filter(|&i| eval(&f, &snap.entries[i as usize]) == Tri::True).collect();
@@ -256,7 +324,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(names(&matched), expected, "filter {filter}");
-        if let Some(cands) = candidates(&f, &snap) {
+        if let Some(cands) = candidates(&f, snap) {
             for m in &matched {
                 assert!(cands.contains(m), "index lost a match for {filter}");
             }
@@ -289,6 +357,7 @@ mod tests {
         check("(fooBar=1)", &[]);
         check("(|(fooBar=1)(uid=bob))", &["bob"]);
         // Present on an unknown attribute is False, so its negation is True.
+        check("(&(uid=bob)(!(fooBar=*)))", &["bob"]);
         check("(&(uid=bob)(!(sudoHost=*)))", &["bob"]);
         // Invalid integer: Undefined.
         check("(uidNumber=abc)", &[]);
@@ -313,8 +382,51 @@ mod tests {
 
     #[test]
     fn structure_entries() {
-        check("(objectClass=organizationalUnit)", &["people", "groups"]);
+        check("(objectClass=organizationalUnit)", &["people", "groups", "sudoers"]);
         check("(ou=people)", &["people"]);
-        check("(!(objectClass=posixAccount))", &["dc=example,dc=org", "people", "groups", "devs"]);
+        check("(!(objectClass=posixAccount))", &["dc=example,dc=org", "people", "groups", "sudoers", "devs"]);
+    }
+
+    #[test]
+    fn host_lists_who_may_log_in() {
+        // Owner, instance admin; a disabled owner gets nothing.
+        check_containers("(host=alice-small)", &["alice", "bob"]);
+        check_containers("(host=ALICE-SMALL.lab.test)", &["alice", "bob"]);
+        // Group-owned: its members and the admin.
+        check_containers("(host=devs-shared.lab.test)", &["alice", "bob", "carol"]);
+        // Unowned: admins only.
+        check_containers("(host=stray)", &["bob"]);
+        check_containers("(host=dave-small)", &["bob"]);
+        check_containers("(&(uid=dave)(host=*))", &[]);
+        check_containers("(&(objectClass=hostObject)(uid=carol))", &["carol"]);
+    }
+
+    #[test]
+    fn sssd_sudo_refreshes_find_the_owners_rule() {
+        // SSSD's full refresh as seen on the wire (SSSD-FACTS), for each host.
+        let full = |host: &str| {
+            format!(
+                "(&(objectClass=sudoRole)(|(&(!(sudoHost=*))(cn=defaults))(sudoHost=ALL)(sudoHost={host})\
+                 (sudoHost={host}.lab.test)(sudoHost=192.0.2.2)(sudoHost=192.0.2.0/24)(sudoHost=fd00::2)\
+                 (sudoHost=fd00::/64)(sudoHost=+*)))"
+            )
+        };
+        check_containers(&full("alice-small"), &["alice-small"]);
+        check_containers(&full("devs-shared"), &["devs-shared"]);
+        check_containers(&full("stray"), &[]);
+        check_containers(&full("dave-small"), &[]);
+        check_containers(&full("elsewhere"), &[]);
+        check_containers("(&(objectClass=sudoRole)(sudoUser=alice)(sudoCommand=ALL))", &["alice-small"]);
+        check_containers("(&(objectClass=sudoRole)(sudoUser=%devs)(sudoRunAsUser=ALL))", &["devs-shared"]);
+        // Smart refresh: rules modified at or after the newest one seen.
+        let smart = |at: i64| {
+            let t = crate::clock::generalized_time(at);
+            format!("(&(&(objectClass=sudoRole)(modifyTimestamp>={t}))(|(sudoHost=ALL)(sudoHost=devs-shared)))")
+        };
+        check_containers(&smart(1_795_000_500), &["devs-shared"]);
+        check_containers(&smart(1_795_000_501), &[]);
+        // Nothing else looks like a sudo rule or a user.
+        check_containers("(objectClass=sudoRole)", &["alice-small", "devs-shared"]);
+        check_containers("(&(objectClass=posixAccount)(cn=alice-small))", &[]);
     }
 }

@@ -197,6 +197,29 @@ pub enum ContainerCmd {
     Stop { name: String },
     /// Delete a container now (no grace period).
     Delete { name: String },
+    /// Resize a container to another plan (the disk only grows), within
+    /// its owner's quota; over quota it is refused with the limit and the
+    /// excess, or filed for an admin with --file-request.
+    Resize {
+        name: String,
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        file_request: bool,
+    },
+    /// Let another user log in to a container (a collaborator; no sudo).
+    Share { name: String, user: String },
+    /// Take a collaborator's access away.
+    Unshare { name: String, user: String },
+    /// Give a container (e.g. one adopted from a node) an owner: a user, or
+    /// a group for a shared one. The owner's quota must hold it.
+    Assign {
+        name: String,
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        user: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Follow a container's progress until it is ready (or deleted, or
     /// failing), printing each step.
     Wait {
@@ -204,6 +227,21 @@ pub enum ContainerCmd {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+    },
+    /// Print a complete sssd.conf for the container: logins limited to its
+    /// owner (or owning group's members) and instance admins, sudo for the
+    /// owner. Install steps are in its comment header.
+    SssdConfig {
+        name: String,
+        /// The service account SSSD binds as (its password stays a
+        /// placeholder to fill in).
+        #[arg(long, default_value = "sssd")]
+        bind_account: String,
+        /// The LDAP URI containers reach Portcullis at (StartTLS). Default:
+        /// ldap://HOST:PORT with the issuer's host (or the first
+        /// tls.hostnames entry, or this machine's name) and ldap.listen's port.
+        #[arg(long)]
+        uri: Option<String>,
     },
 }
 
@@ -317,10 +355,21 @@ pub async fn node(config: &Config, store: &Store, cmd: NodeCmd, actor: &Actor) -
                 last_seen_at: None,
                 last_error: None,
             };
+            let endpoint = crate::proxmox::Endpoint {
+                base_url: node.api_url.clone(),
+                token_id: node.token_id.clone(),
+                token_secret: secret,
+                tls: match (&node.tls_fingerprint, &node.tls_ca) {
+                    (Some(fp), _) => crate::proxmox::TlsTrust::Fingerprint(fp.clone()),
+                    (None, Some(ca)) => crate::proxmox::TlsTrust::CaPem(ca.clone()),
+                    (None, None) => crate::proxmox::TlsTrust::System,
+                },
+            };
             let mut tx = store.begin().await?;
             tx.add_node(&node, actor).await?;
             tx.commit().await?;
             println!("node {name} registered (token stored encrypted)");
+            adopt(store, &node, &endpoint, actor).await?;
         }
         NodeCmd::List => {
             for n in store.nodes().await? {
@@ -332,6 +381,53 @@ pub async fn node(config: &Config, store: &Store, cmd: NodeCmd, actor: &Actor) -
                 println!("{:<12} site {:<10} {:<36} {} — {health}", n.name, n.site, n.api_url, size(&n.capacity));
             }
         }
+    }
+    Ok(())
+}
+
+/// Adopts the containers a newly registered node already runs: each gets a
+/// row without an owner (`container assign` gives it one) and the CT gets
+/// our id tag, so the reconciler manages it from now on instead of
+/// ignoring it or creating a twin.
+async fn adopt(store: &Store, node: &Node, endpoint: &crate::proxmox::Endpoint, actor: &Actor) -> anyhow::Result<()> {
+    let client = crate::proxmox::ProxmoxClient::new(endpoint)?;
+    let listed = client.lxc_list(&node.name).await.with_context(|| {
+        format!("node {} is registered, but its existing containers could not be listed", node.name)
+    })?;
+    for ct in listed {
+        let mut tags = ct.tags();
+        if tags.value(crate::proxmox::ID_TAG_PREFIX).is_some() {
+            continue; // already one of ours
+        }
+        let config = client.lxc_config(&node.name, ct.vmid).await?;
+        let found = crate::store::Adopted {
+            node: node.name.clone(),
+            site: node.site.clone(),
+            vmid: i64::from(ct.vmid),
+            hostname: config.hostname().or(ct.name.clone()).unwrap_or_else(|| format!("ct{}", ct.vmid)),
+            size: Resources {
+                containers: 1,
+                cores: config.cores().and_then(|c| i64::try_from(c).ok()).unwrap_or(1),
+                memory_mb: config.memory_mib().and_then(|m| i64::try_from(m).ok()).unwrap_or(512),
+                disk_gb: config
+                    .rootfs()
+                    .and_then(|r| r.size_bytes)
+                    .and_then(|b| i64::try_from(b >> 30).ok())
+                    .unwrap_or(0),
+            },
+            swap_mb: config.swap_mib().and_then(|m| i64::try_from(m).ok()).unwrap_or(0),
+            mac: config.net(0).and_then(|n| n.hwaddr).map(|m| m.to_ascii_lowercase()),
+            running: ct.is_running(),
+        };
+        let mut tx = store.begin().await?;
+        let c = tx.adopt_container(&found, actor).await?;
+        tags.set_value(crate::proxmox::ID_TAG_PREFIX, &c.id)?;
+        client.update_lxc_config(&node.name, ct.vmid, &[("tags", &tags.encode())]).await?;
+        tx.commit().await?;
+        println!(
+            "adopted CT {} as container {} (no owner yet: portcullis container assign {} --user NAME)",
+            ct.vmid, c.name, c.name
+        );
     }
     Ok(())
 }
@@ -421,7 +517,7 @@ pub async fn quota(store: &Store, cmd: QuotaCmd, actor: &Actor) -> anyhow::Resul
 ///
 /// # Errors
 /// Invalid input or store errors, phrased for the admin.
-pub async fn container(store: &Store, cmd: ContainerCmd, actor: &Actor) -> anyhow::Result<()> {
+pub async fn container(config: &Config, store: &Store, cmd: ContainerCmd, actor: &Actor) -> anyhow::Result<()> {
     match cmd {
         ContainerCmd::Request { name, plan, owner, file_request } => {
             let Some(user) = store.user(&owner).await? else { bail!("user {owner:?} does not exist") };
@@ -510,9 +606,115 @@ pub async fn container(store: &Store, cmd: ContainerCmd, actor: &Actor) -> anyho
         ContainerCmd::Start { name } => set_desired(store, &name, Desired::Running, actor).await?,
         ContainerCmd::Stop { name } => set_desired(store, &name, Desired::Stopped, actor).await?,
         ContainerCmd::Delete { name } => set_desired(store, &name, Desired::Deleted, actor).await?,
+        ContainerCmd::Resize { name, plan, file_request } => {
+            let Some(plan_row) = store.plans().await?.into_iter().find(|p| p.name == plan) else {
+                bail!("plan {plan:?} does not exist")
+            };
+            let mut tx = store.begin().await?;
+            match tx.resize_container(&name, &plan_row, actor).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    println!("container {name}: resizing to {plan}");
+                }
+                Err(crate::store::StoreError::Invalid(reason))
+                    if file_request && reason.starts_with("quota exceeded") =>
+                {
+                    drop(tx);
+                    let Some(c) = store.container(&name).await? else { bail!("container {name:?} does not exist") };
+                    let Owner::User(owner_id) = &c.owner else { bail!("{reason}") };
+                    let data = store.load_directory().await?;
+                    let Some(user) = data.users.iter().find(|u| &u.id == owner_id) else { bail!("{reason}") };
+                    let mut tx = store.begin().await?;
+                    let id = tx.file_request("resize", &user.name, &name, &plan, &reason, actor).await?;
+                    tx.commit().await?;
+                    println!("{reason}\nfiled as request {id} for an admin (portcullis request approve {id})");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ContainerCmd::Share { name, user } | ContainerCmd::Unshare { name, user }
+            if name.is_empty() || user.is_empty() =>
+        {
+            bail!("give a container and a user")
+        }
+        ContainerCmd::Share { name, user } => {
+            let mut tx = store.begin().await?;
+            tx.set_collaborator(&name, &user, true, actor).await?;
+            tx.commit().await?;
+            println!("{user} may now log in to {name}");
+        }
+        ContainerCmd::Unshare { name, user } => {
+            let mut tx = store.begin().await?;
+            tx.set_collaborator(&name, &user, false, actor).await?;
+            tx.commit().await?;
+            println!("{user} may no longer log in to {name}");
+        }
+        ContainerCmd::Assign { name, user, group } => {
+            let (kind, owner) = match (user, group) {
+                (Some(u), _) => ("user", u),
+                (None, Some(g)) => ("group", g),
+                (None, None) => bail!("give --user or --group"),
+            };
+            let mut tx = store.begin().await?;
+            tx.assign_container(&name, kind, &owner, actor).await?;
+            tx.commit().await?;
+            println!("container {name} now belongs to {kind} {owner}");
+        }
         ContainerCmd::Wait { name, timeout } => wait(store, &name, Duration::from_secs(timeout)).await?,
+        ContainerCmd::SssdConfig { name, bind_account, uri } => {
+            print!("{}", sssd_config(config, store, &name, &bind_account, uri).await?);
+        }
     }
     Ok(())
+}
+
+/// The text of `container sssd-config`; warns on stderr when the bind
+/// account does not exist (yet).
+async fn sssd_config(
+    config: &Config,
+    store: &Store,
+    name: &str,
+    bind_account: &str,
+    uri: Option<String>,
+) -> anyhow::Result<String> {
+    use super::access::{OwnerName, SssdConfig, default_uri};
+    let Some(c) = store.container(name).await? else { bail!("container {name:?} does not exist") };
+    if c.status == "deleted" {
+        bail!("container {name:?} is deleted");
+    }
+    let domain = store.sites().await?.into_iter().find(|s| s.name == c.site).map(|s| s.domain).unwrap_or_default();
+    let data = store.load_directory().await?;
+    let owner = match &c.owner {
+        Owner::User(id) => data.users.iter().find(|u| &u.id == id).map(|u| OwnerName::User(u.name.clone())),
+        Owner::Group(id) => data.groups.iter().find(|g| &g.id == id).map(|g| OwnerName::Group(g.name.clone())),
+        Owner::None => None,
+    };
+    if !data.service_accounts.iter().any(|s| s.name == bind_account) {
+        eprintln!(
+            "warning: service account {bind_account:?} does not exist; create it with \
+             `portcullis service-account add {bind_account} --password-stdin`"
+        );
+    }
+    let uri = uri.unwrap_or_else(|| {
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+        default_uri(config, &machine)
+    });
+    let ca_source = match &config.tls.cert_file {
+        Some(_) => "the CA that issued tls.cert_file".to_string(),
+        None => format!("{} on the Portcullis host", config.data_dir.join("tls").join("ca.pem").display()),
+    };
+    let text = SssdConfig {
+        name: &c.name,
+        domain: &domain,
+        owner: owner.unwrap_or(OwnerName::Nobody),
+        admin_group: &config.directory.admin_group,
+        base_dn: &config.ldap.base_dn,
+        uri: &uri,
+        ca_source: &ca_source,
+        bind_account,
+    }
+    .render();
+    Ok(text)
 }
 
 async fn owner_text(store: &Store, owner: &Owner) -> anyhow::Result<String> {
@@ -574,7 +776,7 @@ pub async fn request(store: &Store, cmd: RequestCmd, actor: &Actor) -> anyhow::R
     match cmd {
         RequestCmd::List { status } => {
             for r in store.container_requests(&status).await? {
-                println!("{}  {:<16} {:<24} {:<8} {}", r.id, r.user, r.name, r.plan, r.reason);
+                println!("{}  {:<6} {:<16} {:<24} {:<8} {}", r.id, r.kind, r.user, r.name, r.plan, r.reason);
             }
         }
         RequestCmd::Approve { id } | RequestCmd::Decline { id } if id.is_empty() => bail!("no request id"),

@@ -4,6 +4,7 @@
 //! (`store/provision.rs`); `reconcile.rs` makes Proxmox and dnsmasq match it,
 //! level-triggered and idempotent, and survives a crash at any point.
 
+pub mod access;
 pub mod cli;
 pub mod model;
 pub mod reconcile;

@@ -222,6 +222,8 @@ pub struct ContainerEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerRequest {
     pub id: String,
+    /// `create` (a new container) or `resize` (container `name` to `plan`).
+    pub kind: String,
     pub user: String,
     pub name: String,
     pub plan: String,

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use super::model::{Container, Desired, Node, Owner};
 use super::{DriftPolicy, ProvisionConfig};
 use crate::clock::SharedClock;
-use crate::proxmox::{CreateLxc, Endpoint, ErrorKind, ProxmoxClient, ProxmoxError, TlsTrust, Upid};
+use crate::proxmox::{CreateLxc, Endpoint, ErrorKind, LxcStatus, ProxmoxClient, ProxmoxError, TlsTrust, Upid};
 use crate::secrets::Sealer;
 use crate::store::{Progress, Store, StoreError};
 
@@ -83,7 +83,11 @@ impl Reconciler {
         tokio::pin!(shutdown);
         let interval = Duration::from_secs(self.config.interval_secs.max(1));
         let mut last_generation = -1;
+        // Wake-ups (a finished task, a commit) coalesce: passes start at most
+        // this often, so a burst of completions costs one listing, not one each.
+        let min_gap = Duration::from_millis(300);
         loop {
+            let started = tokio::time::Instant::now();
             // A write transaction bumps the generation: pass at once.
             if let Ok(g) = self.store.generation().await
                 && g != last_generation
@@ -107,11 +111,15 @@ impl Reconciler {
                 () = self.wake.notified() => {}
                 () = changed => {}
             }
+            tokio::time::sleep_until(started + min_gap).await;
         }
     }
 
-    /// One pass: due grace periods, the dnsmasq files, then every due
-    /// container not already being worked on (spawned, bounded).
+    /// One pass: due grace periods, the dnsmasq files, one container
+    /// listing per node, then work on each container whose listing entry
+    /// differs from its desired state (spawned, bounded, one task per
+    /// container). A healthy container costs no API call beyond its node's
+    /// listing.
     ///
     /// # Errors
     /// Store errors.
@@ -121,7 +129,12 @@ impl Reconciler {
             tracing::info!(container = %name, "grace period over; deleting");
         }
         self.write_dnsmasq().await;
-        for c in self.store.due_containers(now).await? {
+        let containers = self.store.containers(false).await?;
+        let listings = self.list_nodes(&containers).await?;
+        for c in containers {
+            if c.next_attempt > now || !self.needs_work(&c, &listings) {
+                continue;
+            }
             {
                 let mut busy = self.lock_in_flight();
                 if busy.len() >= self.config.max_concurrent.max(1) || !busy.insert(c.id.clone()) {
@@ -137,6 +150,58 @@ impl Reconciler {
             });
         }
         Ok(())
+    }
+
+    /// `GET /nodes/{node}/lxc` once for each node that holds a live
+    /// container; a node that cannot be listed is absent from the map (its
+    /// containers wait for the next pass) and its error recorded.
+    async fn list_nodes(&self, containers: &[Container]) -> Result<HashMap<String, Vec<LxcStatus>>, StoreError> {
+        let mut listings = HashMap::new();
+        let now = self.clock.now();
+        for node in self.store.nodes().await? {
+            if !containers.iter().any(|c| c.node.as_deref() == Some(node.name.as_str())) {
+                continue;
+            }
+            let listed = match self.client(&node) {
+                Ok(client) => client.lxc_list(&node.name).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match listed {
+                Ok(list) => {
+                    if node.last_error.is_some() || node.last_seen_at.is_none_or(|t| t + 60 < now) {
+                        self.store.set_node_health(&node.name, now, None).await?;
+                    }
+                    listings.insert(node.name.clone(), list);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.name, error = %e, "cannot list the node's containers");
+                    if node.last_error.as_deref() != Some(e.as_str()) {
+                        self.store.set_node_health(&node.name, now, Some(&e)).await?;
+                    }
+                }
+            }
+        }
+        Ok(listings)
+    }
+
+    /// Whether the listing shows `c` differing from its desired state.
+    fn needs_work(&self, c: &Container, listings: &HashMap<String, Vec<LxcStatus>>) -> bool {
+        if c.desired == Desired::Deleted {
+            return true;
+        }
+        let Some(node) = &c.node else { return true };
+        let Some(list) = listings.get(node) else { return false };
+        let ours = |ct: &&LxcStatus| ct.tags().value(crate::proxmox::ID_TAG_PREFIX).as_deref() == Some(c.id.as_str());
+        let Some(ct) = list.iter().filter(ours).find(|ct| c.vmid.is_none_or(|v| i64::from(ct.vmid) == v)) else {
+            return true;
+        };
+        if c.vmid != Some(i64::from(ct.vmid)) || ct.lock.is_some() {
+            return true;
+        }
+        match c.desired {
+            Desired::Running => !(ct.is_running() && c.status == "ready"),
+            _ => ct.is_running() || c.status != "stopped",
+        }
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -159,7 +224,9 @@ impl Reconciler {
                 let max = i64::try_from(self.config.retry_max_secs.max(1)).unwrap_or(300);
                 let auth = matches!(e, StepError::Proxmox(p) if p.kind() == ErrorKind::Auth);
                 let delay = if auth { max } else { base.saturating_mul(1 << (shift - 1)).min(max) };
-                ("error", "unknown", Some(e.to_string()), attempts, now + delay)
+                // A resize not yet applied stays pending through errors.
+                let status = if c.status == "resizing" { "resizing" } else { "error" };
+                (status, "unknown", Some(e.to_string()), attempts, now + delay)
             }
         };
         if let Some(message) = &error {
@@ -199,14 +266,17 @@ impl Reconciler {
             }
         };
         let client = self.client(&node)?;
-        let found = self.find(&client, &node, c).await?;
-        let Some(vmid) = found else {
-            return self.create(&client, &node, c).await;
+        let mut current = c.clone();
+        let Some(status) = self.find(&client, &node, &mut current).await? else {
+            return self.create(&client, &node, &current).await;
         };
-        let status = client.lxc_status(&node.name, vmid).await?;
-        let _ = self.store.set_node_health(&node.name, self.clock.now(), None).await;
+        let c = &current;
+        let vmid = status.vmid;
         if status.lock.is_some() {
             return Ok(Standing { status: "creating", observed: "locked", again_in: 2 });
+        }
+        if c.status == "resizing" {
+            self.resize(&client, &node, vmid, c).await?;
         }
         match (c.desired, status.is_running()) {
             (Desired::Running, false) => {
@@ -217,18 +287,18 @@ impl Reconciler {
                     }
                 }
                 let upid = client.start(&node.name, vmid).await?;
-                self.wait(&client, &upid).await?;
+                self.task(&client, c, "container.start", &upid).await?;
                 self.event(&c.id, "started", &format!("CT {vmid} started")).await;
                 Ok(Standing { status: "starting", observed: "running", again_in: 1 })
             }
             (Desired::Running, true) => self.check_network(&client, &node, vmid, c).await,
             (_, true) => {
                 let upid = client.shutdown(&node.name, vmid).await?;
-                self.wait(&client, &upid).await?;
+                self.task(&client, c, "container.shutdown", &upid).await?;
                 self.event(&c.id, "stopped", &format!("CT {vmid} shut down")).await;
-                Ok(Standing { status: "stopped", observed: "stopped", again_in: 60 })
+                Ok(Standing { status: "stopped", observed: "stopped", again_in: 0 })
             }
-            (_, false) => Ok(Standing { status: "stopped", observed: "stopped", again_in: 60 }),
+            (_, false) => Ok(Standing { status: "stopped", observed: "stopped", again_in: 0 }),
         }
     }
 
@@ -236,26 +306,34 @@ impl Reconciler {
     /// carries our id, else any CT on the node tagged with our id (a create
     /// that finished after a crash). A recorded vmid held by someone else's
     /// CT is dropped.
-    async fn find(&self, client: &ProxmoxClient, node: &Node, c: &Container) -> Result<Option<u32>, StepError> {
+    async fn find(
+        &self,
+        client: &ProxmoxClient,
+        node: &Node,
+        c: &mut Container,
+    ) -> Result<Option<LxcStatus>, StepError> {
         let list = client.lxc_list(&node.name).await?;
-        let ours = |tags: crate::proxmox::Tags| tags.value(crate::proxmox::ID_TAG_PREFIX).as_deref() == Some(&c.id);
+        let id = c.id.clone();
+        let ours = |ct: &LxcStatus| ct.tags().value(crate::proxmox::ID_TAG_PREFIX).as_deref() == Some(id.as_str());
         if let Some(vmid) = c.vmid.and_then(|v| u32::try_from(v).ok()) {
             match list.iter().find(|ct| ct.vmid == vmid) {
-                Some(ct) if ours(ct.tags()) => return Ok(Some(vmid)),
+                Some(ct) if ours(ct) => return Ok(Some(ct.clone())),
                 Some(_) => {
                     self.event(&c.id, "vmid", &format!("vmid {vmid} belongs to another container; choosing another"))
                         .await;
                     self.store.set_container_placement(&c.id, &node.name, None).await?;
+                    c.vmid = None;
                 }
                 None => {}
             }
         }
-        let tagged = list.iter().find(|ct| ours(ct.tags())).map(|ct| ct.vmid);
-        if let Some(vmid) = tagged
-            && c.vmid != Some(i64::from(vmid))
+        let tagged = list.into_iter().find(|ct| ours(ct));
+        if let Some(ct) = &tagged
+            && c.vmid != Some(i64::from(ct.vmid))
         {
-            self.store.set_container_placement(&c.id, &node.name, Some(i64::from(vmid))).await?;
-            self.event(&c.id, "adopted", &format!("found CT {vmid} carrying this container's id")).await;
+            self.store.set_container_placement(&c.id, &node.name, Some(i64::from(ct.vmid))).await?;
+            self.event(&c.id, "adopted", &format!("found CT {} carrying this container's id", ct.vmid)).await;
+            c.vmid = Some(i64::from(ct.vmid));
         }
         Ok(tagged)
     }
@@ -271,7 +349,21 @@ impl Reconciler {
         }
         let vmid = match c.vmid.and_then(|v| u32::try_from(v).ok()) {
             Some(v) => v,
-            None => client.next_id().await?,
+            None => {
+                // nextid reserves nothing: containers created at once get the
+                // same answer. The first to record it keeps it; the others
+                // take the next ids no container of ours holds.
+                let mut candidate = client.next_id().await?;
+                let mut attempts = 0;
+                while !self.store.reserve_vmid(&c.id, &node.name, i64::from(candidate)).await? {
+                    attempts += 1;
+                    if attempts > 64 {
+                        return Err(StepError::Other("no free vmid near /cluster/nextid's answer".into()));
+                    }
+                    candidate = candidate.saturating_add(1);
+                }
+                candidate
+            }
         };
         // Recorded before the call: a crash from here on is found by vmid.
         self.store.set_container_placement(&c.id, &node.name, Some(i64::from(vmid))).await?;
@@ -287,9 +379,37 @@ impl Reconciler {
             Err(e) => return Err(e.into()),
         };
         self.event(&c.id, "creating", &format!("CT {vmid} on {} ({})", node.name, upid.as_str())).await;
-        self.wait(client, &upid).await?;
+        self.task(client, c, "container.create", &upid).await?;
         self.event(&c.id, "created", &format!("CT {vmid} created")).await;
         Ok(Standing { status: "creating", observed: "stopped", again_in: 0 })
+    }
+
+    /// Applies a new size: cores, memory and swap in the config (live for
+    /// a running CT), the root disk grown (never shrunk).
+    async fn resize(&self, client: &ProxmoxClient, node: &Node, vmid: u32, c: &Container) -> Result<(), StepError> {
+        let config = client.lxc_config(&node.name, vmid).await?;
+        let want = [("cores", c.size.cores), ("memory", c.size.memory_mb), ("swap", c.swap_mb)];
+        let have = [config.cores(), config.memory_mib(), config.swap_mib()];
+        let changes: Vec<(&str, String)> = want
+            .iter()
+            .zip(have)
+            .filter(|((_, w), h)| u64::try_from(*w).ok() != *h)
+            .map(|((k, w), _)| (*k, w.to_string()))
+            .collect();
+        if !changes.is_empty() {
+            let params: Vec<(&str, &str)> = changes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client.update_lxc_config(&node.name, vmid, &params).await?;
+        }
+        let disk_bytes = config.rootfs().and_then(|r| r.size_bytes).unwrap_or(0);
+        let want_bytes = u64::try_from(c.size.disk_gb).unwrap_or(0) << 30;
+        if want_bytes > disk_bytes
+            && let Some(upid) = client.resize(&node.name, vmid, "rootfs", &format!("{}G", c.size.disk_gb)).await?
+        {
+            self.task(client, c, "container.resize", &upid).await?;
+        }
+        let detail = format!("{} cores, {} MiB, {} GiB", c.size.cores, c.size.memory_mb, c.size.disk_gb);
+        self.event(&c.id, "resized", &detail).await;
+        Ok(())
     }
 
     /// Running: ready once eth0 has the reserved address.
@@ -302,9 +422,9 @@ impl Reconciler {
     ) -> Result<Standing, StepError> {
         let interfaces = client.interfaces(&node.name, vmid).await?.unwrap_or_default();
         let got = interfaces.iter().find(|i| i.name == "eth0").and_then(crate::proxmox::Interface::ipv4);
-        if got.is_some() && got == c.ip {
-            let again = if c.status == "ready" { 30 } else { 5 };
-            return Ok(Standing { status: "ready", observed: "running", again_in: again });
+        // Adopted containers keep the addressing they had: running is ready.
+        if c.ip.is_none() || (got.is_some() && got == c.ip) {
+            return Ok(Standing { status: "ready", observed: "running", again_in: 0 });
         }
         if c.status == "starting" && c.updated_at + 120 < self.clock.now() {
             let want = c.ip.map_or_else(|| "?".to_string(), |ip| ip.to_string());
@@ -323,20 +443,21 @@ impl Reconciler {
         };
         let node = self.node(node_name).await?;
         let client = self.client(&node)?;
-        let Some(vmid) = self.find(&client, &node, c).await? else {
+        let mut current = c.clone();
+        let Some(status) = self.find(&client, &node, &mut current).await? else {
             self.finish_delete(c).await?;
             return Ok(gone);
         };
-        let status = client.lxc_status(&node.name, vmid).await?;
+        let vmid = status.vmid;
         if status.lock.is_some() {
             return Ok(Standing { status: "deleting", observed: "locked", again_in: 2 });
         }
         if status.is_running() {
             let upid = client.stop(&node.name, vmid).await?;
-            self.wait(&client, &upid).await?;
+            self.task(&client, c, "container.stop", &upid).await?;
         }
         let upid = client.delete_lxc(&node.name, vmid).await?;
-        self.wait(&client, &upid).await?;
+        self.task(&client, c, "container.destroy", &upid).await?;
         self.event(&c.id, "deleted", &format!("CT {vmid} deleted from {}", node.name)).await;
         self.finish_delete(c).await?;
         Ok(gone)
@@ -349,9 +470,22 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn wait(&self, client: &ProxmoxClient, upid: &Upid) -> Result<(), StepError> {
+    /// Waits for a Proxmox task and audits it: the action, the container,
+    /// the task id and its result (Proxmox's text on failure).
+    async fn task(&self, client: &ProxmoxClient, c: &Container, action: &str, upid: &Upid) -> Result<(), StepError> {
         let timeout = Duration::from_secs(self.config.task_timeout_secs.max(1));
-        client.wait_task(upid, timeout, Duration::from_millis(250)).await.map_err(StepError::from)
+        let result = client.wait_task(upid, timeout, Duration::from_millis(250)).await;
+        let outcome = match &result {
+            Ok(()) => "OK".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let detail = format!("{} task {}: {outcome}", upid.node(), upid.as_str());
+        if let Err(e) =
+            self.store.audit_event("reconciler", action, &c.name, "provision", &detail, self.clock.now()).await
+        {
+            tracing::error!(error = %e, "cannot write an audit row");
+        }
+        result.map_err(StepError::from)
     }
 
     /// The create parameters: size, template, MAC, DHCP, tags with our id

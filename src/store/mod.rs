@@ -23,7 +23,7 @@ use sqlx::{Row, SqlitePool};
 use crate::model::{AuditEntry, Group, Kind, ServiceAccount, User};
 
 pub use mfa::{MfaDevice, TotpRecord};
-pub use provision::{NewContainer, Progress};
+pub use provision::{Adopted, NewContainer, Progress};
 pub use signin::{CodeGrant, EndedSession, LiveSession, RefreshGrant, RefreshOutcome, SessionInfo};
 pub use webauthn::WebauthnCredential;
 pub use write::{NewGroup, NewUser, WriteTx};
@@ -55,6 +55,26 @@ pub struct DirectoryData {
     pub users: Vec<User>,
     pub groups: Vec<Group>,
     pub service_accounts: Vec<ServiceAccount>,
+    /// Live containers: who may log in to each (`host` on user entries)
+    /// and who is root there (their sudoRole entries).
+    pub containers: Vec<ContainerAccess>,
+}
+
+/// What the directory needs of a live (not deleted) container.
+#[derive(Debug, Clone)]
+pub struct ContainerAccess {
+    pub id: String,
+    /// Its hostname (a DNS label).
+    pub name: String,
+    /// Its site's DNS domain: `NAME.DOMAIN` is its fully qualified name.
+    pub domain: String,
+    pub owner: crate::provision::model::Owner,
+    /// Users (ids) besides the owner who may log in (no sudo).
+    pub collaborators: Vec<String>,
+    pub created_at: i64,
+    /// Last change of the container row; with the owner's, the sudoRole's
+    /// modifyTimestamp (SSSD's smart refresh asks for newer rules).
+    pub updated_at: i64,
 }
 
 /// A handle to the database; cheap to clone.
@@ -154,7 +174,8 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Reads all users, groups and service accounts consistently.
+    /// Reads all users, groups, service accounts and live containers
+    /// consistently.
     ///
     /// # Errors
     /// Database errors.
@@ -206,8 +227,31 @@ impl Store {
             updated_at: r.get(5),
         })
         .collect();
+        let containers = sqlx::query(
+            "SELECT c.id, c.name, s.domain, c.owner_kind, c.owner_id, c.created_at, c.updated_at \
+             FROM containers c JOIN sites s ON s.name = c.site WHERE c.status <> 'deleted' ORDER BY c.name",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| ContainerAccess {
+            id: r.get(0),
+            name: r.get(1),
+            domain: r.get(2),
+            owner: crate::provision::model::Owner::from_parts(&r.get::<String, _>(3), r.get(4)),
+            collaborators: Vec::new(),
+            created_at: r.get(5),
+            updated_at: r.get(6),
+        })
+        .collect::<Vec<_>>();
+        let mut containers = containers;
+        let shared =
+            sqlx::query("SELECT container_id, user_id FROM container_collaborators ORDER BY container_id, user_id")
+                .fetch_all(&mut *tx)
+                .await?;
+        attach(&mut containers, shared.iter().map(|r| (r.get(0), r.get(1))), |c| &c.id, |c, u| c.collaborators.push(u));
         tx.commit().await?;
-        Ok(DirectoryData { generation, users, groups, service_accounts })
+        Ok(DirectoryData { generation, users, groups, service_accounts, containers })
     }
 
     /// Looks up one user by login name.

@@ -159,6 +159,19 @@ async fn quota_and_usage(
     Ok((limit, used))
 }
 
+/// A container found on a node that is being registered.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    pub node: String,
+    pub site: String,
+    pub vmid: i64,
+    pub hostname: String,
+    pub size: Resources,
+    pub swap_mb: i64,
+    pub mac: Option<String>,
+    pub running: bool,
+}
+
 /// What a new container needs.
 #[derive(Debug, Clone)]
 pub struct NewContainer {
@@ -254,20 +267,6 @@ impl Store {
         Ok(row.as_ref().map(container_from_row))
     }
 
-    /// Containers the reconciler should look at now: not deleted, and due.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn due_containers(&self, now: i64) -> StoreResult<Vec<Container>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE status <> 'deleted' AND next_attempt <= ? ORDER BY created_at"
-        ))
-        .bind(now)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(container_from_row).collect())
-    }
-
     /// A container's history, oldest first (the last `limit` events).
     ///
     /// # Errors
@@ -290,7 +289,7 @@ impl Store {
     /// Database errors.
     pub async fn container_requests(&self, status: &str) -> StoreResult<Vec<ContainerRequest>> {
         let rows = sqlx::query(
-            "SELECT r.id, u.name, r.name, r.plan, r.reason, r.status, r.created_at FROM container_requests r \
+            "SELECT r.id, u.name, r.name, r.plan, r.reason, r.status, r.created_at, r.kind FROM container_requests r \
              JOIN users u ON u.id = r.user_id WHERE r.status = ? ORDER BY r.created_at, r.id",
         )
         .bind(status)
@@ -306,6 +305,7 @@ impl Store {
                 reason: r.get(4),
                 status: r.get(5),
                 created_at: r.get(6),
+                kind: r.get(7),
             })
             .collect())
     }
@@ -361,6 +361,27 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// Records `vmid` on `node` for a container before its create call,
+    /// unless another container already holds it (the unique index is the
+    /// reservation: concurrent creates that got the same `/cluster/nextid`
+    /// answer cannot both take it). Returns whether it was taken.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn reserve_vmid(&self, id: &str, node: &str, vmid: i64) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE containers SET node = ?, vmid = ? WHERE id = ?")
+            .bind(node)
+            .bind(vmid)
+            .bind(id)
+            .execute(self.pool())
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Marks a container deleted: it keeps its history, and releases its
@@ -724,6 +745,184 @@ impl WriteTx {
         Ok(container)
     }
 
+    /// Records a container found on a node being registered: owner none
+    /// (an admin assigns one), its size as configured, its power state as
+    /// observed; the caller tags the CT with the returned container's id so
+    /// the reconciler recognises it.
+    ///
+    /// # Errors
+    /// A name no valid or free label can be made from; database errors.
+    pub async fn adopt_container(&mut self, found: &Adopted, actor: &Actor) -> StoreResult<Container> {
+        let name = self.free_name(&label_of(&found.hostname)).await?;
+        validate_container_name(&name).map_err(StoreError::Invalid)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = self.now();
+        let desired = if found.running { "running" } else { "stopped" };
+        let status = if found.running { "starting" } else { "stopped" };
+        let row = sqlx::query(&format!(
+            "INSERT INTO containers (id, name, owner_kind, owner_id, origin, plan, cores, memory_mb, swap_mb, disk_gb, \
+             site, node, vmid, mac, desired, status, observed, created_at, updated_at) \
+             VALUES (?, ?, 'none', NULL, 'adopted', 'adopted', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING {CONTAINER_COLUMNS}"
+        ))
+        .bind(&id)
+        .bind(&name)
+        .bind(found.size.cores)
+        .bind(found.size.memory_mb)
+        .bind(found.swap_mb)
+        .bind(found.size.disk_gb)
+        .bind(&found.site)
+        .bind(&found.node)
+        .bind(found.vmid)
+        .bind(&found.mac)
+        .bind(desired)
+        .bind(status)
+        .bind(if found.running { "running" } else { "stopped" })
+        .bind(now)
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        let detail = format!("CT {} on {} adopted, waiting for an owner", found.vmid, found.node);
+        self.event(&id, "adopted", &detail).await?;
+        self.audit(actor, "container.adopt", &name, &detail).await?;
+        Ok(container_from_row(&row))
+    }
+
+    /// Gives a container an owner (a user, or a group for a shared one);
+    /// the new owner's quota must hold it.
+    ///
+    /// # Errors
+    /// Unknown container, user or group; over quota.
+    pub async fn assign_container(&mut self, name: &str, kind: &str, owner: &str, actor: &Actor) -> StoreResult<()> {
+        let owner_id = match kind {
+            "user" => self.user_id(owner).await?,
+            "group" => self.group_id(owner).await?,
+            _ => return Err(StoreError::Invalid(format!("owner kind must be user or group, not {kind:?}"))),
+        };
+        let row =
+            sqlx::query("SELECT cores, memory_mb, disk_gb FROM containers WHERE name = ? AND status <> 'deleted'")
+                .bind(name)
+                .fetch_optional(self.conn())
+                .await?;
+        let Some(row) = row else { return Err(StoreError::Invalid(format!("container {name:?} does not exist"))) };
+        let size = Resources { containers: 1, cores: row.get(0), memory_mb: row.get(1), disk_gb: row.get(2) };
+        let (limit, used) = self.quota_and_usage(kind, &owner_id).await?;
+        if let Some(message) = quota_error(&format!("{kind} {owner}"), used, size, &limit) {
+            return Err(StoreError::Invalid(message));
+        }
+        sqlx::query(
+            "UPDATE containers SET owner_kind = ?, owner_id = ?, updated_at = ? WHERE name = ? AND status <> 'deleted'",
+        )
+        .bind(kind)
+        .bind(&owner_id)
+        .bind(self.now())
+        .bind(name)
+        .execute(self.conn())
+        .await?;
+        self.audit(actor, "container.assign", name, &format!("{kind} {owner}")).await
+    }
+
+    /// Resizes a container to `plan` (cores, memory, swap; the disk only
+    /// grows) after checking its owner's quota for the growth, in this
+    /// transaction; the reconciler applies it to Proxmox.
+    ///
+    /// # Errors
+    /// Unknown container, a smaller disk, or over quota (which limit, by how much).
+    pub async fn resize_container(&mut self, name: &str, plan: &Plan, actor: &Actor) -> StoreResult<()> {
+        let row = sqlx::query(
+            "SELECT id, owner_kind, owner_id, cores, memory_mb, disk_gb FROM containers \
+             WHERE name = ? AND status <> 'deleted'",
+        )
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await?;
+        let Some(row) = row else { return Err(StoreError::Invalid(format!("container {name:?} does not exist"))) };
+        let (id, kind, owner): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        let current = Resources { containers: 1, cores: row.get(3), memory_mb: row.get(4), disk_gb: row.get(5) };
+        if plan.disk_gb < current.disk_gb {
+            return Err(StoreError::Invalid(format!(
+                "plan {} has a {} GiB disk, smaller than {name}'s {} GiB: disks only grow",
+                plan.name, plan.disk_gb, current.disk_gb
+            )));
+        }
+        if let Some(owner) = &owner {
+            let (limit, used) = self.quota_and_usage(&kind, owner).await?;
+            let growth = Resources {
+                containers: 0,
+                cores: (plan.cores - current.cores).max(0),
+                memory_mb: (plan.memory_mb - current.memory_mb).max(0),
+                disk_gb: plan.disk_gb - current.disk_gb,
+            };
+            let who = format!("{kind} {}", self.subject_name(&kind, owner).await?);
+            if let Some(message) = quota_error(&who, used, growth, &limit) {
+                return Err(StoreError::Invalid(message));
+            }
+        }
+        sqlx::query(
+            "UPDATE containers SET plan = ?, cores = ?, memory_mb = ?, swap_mb = ?, disk_gb = ?, status = 'resizing', \
+             next_attempt = 0, attempts = 0, updated_at = ? WHERE id = ?",
+        )
+        .bind(&plan.name)
+        .bind(plan.cores)
+        .bind(plan.memory_mb)
+        .bind(plan.swap_mb)
+        .bind(plan.disk_gb)
+        .bind(self.now())
+        .bind(&id)
+        .execute(self.conn())
+        .await?;
+        self.event(&id, "desired", &format!("resize to {} (by {})", plan.name, actor.name)).await?;
+        self.audit(actor, "container.resize", name, &plan.name).await
+    }
+
+    async fn live_size(&mut self, name: &str) -> StoreResult<Resources> {
+        let row =
+            sqlx::query("SELECT cores, memory_mb, disk_gb FROM containers WHERE name = ? AND status <> 'deleted'")
+                .bind(name)
+                .fetch_optional(self.conn())
+                .await?;
+        let Some(row) = row else { return Err(StoreError::Invalid(format!("container {name:?} does not exist"))) };
+        Ok(Resources { containers: 1, cores: row.get(0), memory_mb: row.get(1), disk_gb: row.get(2) })
+    }
+
+    /// Lets `user` log in to container `name` besides its owner (`share`
+    /// true), or no longer (false). Collaborators get no sudo.
+    ///
+    /// # Errors
+    /// Unknown container or user; already (or not) a collaborator.
+    pub async fn set_collaborator(&mut self, name: &str, user: &str, share: bool, actor: &Actor) -> StoreResult<()> {
+        let user_id = self.user_id(user).await?;
+        let row = sqlx::query("SELECT id FROM containers WHERE name = ? AND status <> 'deleted'")
+            .bind(name)
+            .fetch_optional(self.conn())
+            .await?;
+        let Some(row) = row else { return Err(StoreError::Invalid(format!("container {name:?} does not exist"))) };
+        let id: String = row.get(0);
+        let done = if share {
+            sqlx::query(
+                "INSERT INTO container_collaborators (container_id, user_id, created_at) VALUES (?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&id)
+            .bind(&user_id)
+            .bind(self.now())
+            .execute(self.conn())
+            .await?
+        } else {
+            sqlx::query("DELETE FROM container_collaborators WHERE container_id = ? AND user_id = ?")
+                .bind(&id)
+                .bind(&user_id)
+                .execute(self.conn())
+                .await?
+        };
+        if done.rows_affected() == 0 {
+            let what = if share { "already" } else { "not" };
+            return Err(StoreError::Invalid(format!("user {user:?} is {what} a collaborator on {name:?}")));
+        }
+        let action = if share { "container.share" } else { "container.unshare" };
+        self.audit(actor, action, name, user).await
+    }
+
     /// Sets a container's desired power state or deletion (an admin's or
     /// owner's decision; deletion here is immediate, without grace).
     ///
@@ -759,13 +958,30 @@ impl WriteTx {
         reason: &str,
         actor: &Actor,
     ) -> StoreResult<String> {
+        self.file_request("create", user, name, plan, reason, actor).await
+    }
+
+    /// Files a request for an admin: `kind` `create` (a new container) or
+    /// `resize` (container `name` to `plan`); returns its id.
+    ///
+    /// # Errors
+    /// Unknown user or plan.
+    pub async fn file_request(
+        &mut self,
+        kind: &str,
+        user: &str,
+        name: &str,
+        plan: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> StoreResult<String> {
         validate_container_name(name).map_err(StoreError::Invalid)?;
         let user_id = self.user_id(user).await?;
         self.plan(plan).await?;
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query(
-            "INSERT INTO container_requests (id, user_id, name, plan, reason, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            "INSERT INTO container_requests (id, user_id, name, plan, reason, status, created_at, kind) \
+             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
         )
         .bind(&id)
         .bind(&user_id)
@@ -773,9 +989,10 @@ impl WriteTx {
         .bind(plan)
         .bind(reason)
         .bind(self.now())
+        .bind(kind)
         .execute(self.conn())
         .await?;
-        self.audit(actor, "container.request", name, reason).await?;
+        self.audit(actor, &format!("container.request.{kind}"), name, reason).await?;
         Ok(id)
     }
 
@@ -786,15 +1003,15 @@ impl WriteTx {
     /// No such pending request; on approval, a taken name.
     pub async fn decide_container_request(&mut self, id: &str, approve: bool, actor: &Actor) -> StoreResult<()> {
         let row = sqlx::query(
-            "SELECT r.user_id, u.name, r.name, r.plan FROM container_requests r JOIN users u ON u.id = r.user_id \
-             WHERE r.id = ? AND r.status = 'pending'",
+            "SELECT r.user_id, u.name, r.name, r.plan, r.kind FROM container_requests r \
+             JOIN users u ON u.id = r.user_id WHERE r.id = ? AND r.status = 'pending'",
         )
         .bind(id)
         .fetch_optional(self.conn())
         .await?;
         let Some(row) = row else { return Err(StoreError::Invalid(format!("no pending request {id:?}"))) };
-        let (user_id, user, name, plan): (String, String, String, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (user_id, user, name, plan, kind): (String, String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         let status = if approve { "approved" } else { "declined" };
         sqlx::query("UPDATE container_requests SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?")
             .bind(status)
@@ -806,7 +1023,18 @@ impl WriteTx {
         if approve {
             let plan = self.plan(&plan).await?;
             let (limit, used) = self.quota_and_usage("user", &user_id).await?;
-            let needed = used.plus(plan.resources());
+            let growth = if kind == "resize" {
+                let current = self.live_size(&name).await?;
+                Resources {
+                    containers: 0,
+                    cores: (plan.cores - current.cores).max(0),
+                    memory_mb: (plan.memory_mb - current.memory_mb).max(0),
+                    disk_gb: (plan.disk_gb - current.disk_gb).max(0),
+                }
+            } else {
+                plan.resources()
+            };
+            let needed = used.plus(growth);
             let raised = Resources {
                 containers: limit.containers.max(needed.containers),
                 cores: limit.cores.max(needed.cores),
@@ -815,6 +1043,10 @@ impl WriteTx {
             };
             if raised != limit {
                 self.set_quota("user", &user, raised, actor).await?;
+            }
+            if kind == "resize" {
+                self.resize_container(&name, &plan, actor).await?;
+                return self.audit(actor, &format!("container.request.{status}"), id, &user).await;
             }
             let new = NewContainer {
                 name,

@@ -60,7 +60,7 @@ fn dnsmasq_files(dir: &Path) -> DnsmasqFiles {
 }
 
 /// A running dnsmasq; killed when dropped, whatever the test did.
-struct Dnsmasq {
+pub(crate) struct Dnsmasq {
     child: Option<Child>,
     log: PathBuf,
     pid_file: PathBuf,
@@ -87,12 +87,12 @@ impl Dnsmasq {
         d
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// dnsmasq's own process id (from its pid file).
-    fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
     }
 
@@ -113,6 +113,34 @@ impl Dnsmasq {
     }
 }
 
+/// A dnsmasq serving DNS on a free 127.0.0.1 port for `domain` from
+/// `hosts_dir` (and leases from `dhcp_hosts_dir`), as an admin would run it
+/// next to Portcullis; returns it and the port.
+pub(crate) fn loopback_dnsmasq(work: &Path, hosts_dir: &Path, dhcp_hosts_dir: &Path, domain: &str) -> (Dnsmasq, u16) {
+    require_tool("dnsmasq");
+    require_tool("dig");
+    let port = free_dns_port();
+    let (log, pid_file) = (work.join("dnsmasq.log"), work.join("dnsmasq.pid"));
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=root",
+        "--log-queries",
+        &format!("--port={port}"),
+        &format!("--local=/{domain}/"),
+        &format!("--hostsdir={}", hosts_dir.display()),
+        &format!("--dhcp-hostsdir={}", dhcp_hosts_dir.display()),
+        &format!("--pid-file={}", pid_file.display()),
+        &format!("--log-facility={}", log.display()),
+    ]);
+    (Dnsmasq::start(cmd, log, pid_file), port)
+}
+
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -127,7 +155,7 @@ impl Drop for Dnsmasq {
 // ---------------------------------------------------------------------------
 
 /// A port free for both UDP and TCP on 127.0.0.1 (dnsmasq binds both).
-fn free_dns_port() -> u16 {
+pub(crate) fn free_dns_port() -> u16 {
     for _ in 0..50 {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
         let port = tcp.local_addr().expect("local addr").port();
@@ -140,13 +168,13 @@ fn free_dns_port() -> u16 {
 
 /// One `dig` answer: the response status and the A (or PTR) records.
 #[derive(Debug, PartialEq, Eq)]
-struct Answer {
-    status: String,
-    records: Vec<String>,
+pub(crate) struct Answer {
+    pub(crate) status: String,
+    pub(crate) records: Vec<String>,
 }
 
 /// Asks `server:port` for `args` (a name, or `-x ADDRESS`) with one try.
-fn dig(server: &str, port: u16, args: &[&str]) -> Answer {
+pub(crate) fn dig(server: &str, port: u16, args: &[&str]) -> Answer {
     let out = Command::new("dig")
         .arg(format!("@{server}"))
         .args(["-p", &port.to_string(), "+time=1", "+tries=1", "+noall", "+comments", "+answer"])
@@ -175,12 +203,12 @@ fn parse_dig(text: &str) -> Answer {
     Answer { status, records }
 }
 
-fn noerror(records: &[&str]) -> Answer {
+pub(crate) fn noerror(records: &[&str]) -> Answer {
     Answer { status: "NOERROR".to_string(), records: records.iter().map(|r| r.to_string()).collect() }
 }
 
 /// Polls until `query` answers `expected` (at most [`SETTLE`]).
-fn expect_answer(dnsmasq: &Dnsmasq, port: u16, query: &[&str], expected: &Answer) {
+pub(crate) fn expect_answer(dnsmasq: &Dnsmasq, port: u16, query: &[&str], expected: &Answer) {
     let mut last = None;
     let ok = wait_until(SETTLE, || {
         let got = dig("127.0.0.1", port, query);
@@ -198,32 +226,12 @@ fn dnsmasq_dns_follows_the_files_without_restart() {
     }
     let dir = tempfile::Builder::new().prefix("portcullis-dnsmasq-").tempdir().expect("tempdir");
     let files = dnsmasq_files(dir.path());
-    let port = free_dns_port();
 
     // Written before dnsmasq starts: read at start-up.
     let report = files.apply(&[reservation(WEB, 10, "web1")]).expect("apply");
     assert_eq!(report.written, [WEB]);
 
-    let log = dir.path().join("dnsmasq.log");
-    let pid_file = dir.path().join("dnsmasq.pid");
-    let mut cmd = Command::new("dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        "--user=root",
-        "--log-queries",
-        &format!("--port={port}"),
-        &format!("--local=/{DOMAIN}/"),
-        &format!("--hostsdir={}", files.hosts_dir().display()),
-        &format!("--dhcp-hostsdir={}", files.dhcp_hosts_dir().display()),
-        &format!("--pid-file={}", pid_file.display()),
-        &format!("--log-facility={}", log.display()),
-    ]);
-    let dnsmasq = Dnsmasq::start(cmd, log, pid_file);
+    let (dnsmasq, port) = loopback_dnsmasq(dir.path(), files.hosts_dir(), files.dhcp_hosts_dir(), DOMAIN);
     let first_pid = dnsmasq.pid();
 
     expect_answer(&dnsmasq, port, &[&fqdn("web1"), "A"], &noerror(&["198.18.7.10"]));

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly when its setup fails")]
 mod cli;
 mod common;
+mod container_access;
 mod dnsmasq;
 mod import;
 mod ldap_utils;
@@ -16,6 +17,7 @@ mod mfa_web;
 mod mfa_webauthn;
 mod oidc;
 mod provision;
+mod provision_chaos;
 mod proxmox;
 mod robustness;
 mod sssd;

@@ -30,6 +30,22 @@ fn dns_dirs() -> DnsDirs {
     DnsDirs { _dir: dir, hosts, dhcp }
 }
 
+/// A server like [`server`] but without the node: for tests that register
+/// it themselves.
+fn server_without_node(dns: &DnsDirs) -> TestServer {
+    let (hosts, dhcp) = (dns.hosts.to_string_lossy().into_owned(), dns.dhcp.to_string_lossy().into_owned());
+    let server = TestServer::start_with(&[
+        ("PORTCULLIS_PROVISION__INTERVAL_SECS", "1"),
+        ("PORTCULLIS_PROVISION__RETRY_BASE_SECS", "1"),
+        ("PORTCULLIS_PROVISION__DNSMASQ__SITE", "lab"),
+        ("PORTCULLIS_PROVISION__DNSMASQ__HOSTS_DIR", &hosts),
+        ("PORTCULLIS_PROVISION__DNSMASQ__DHCP_HOSTS_DIR", &dhcp),
+    ]);
+    let site = ["site", "add", "lab", "--subnet", "10.20.0.0/24", "--gateway", "10.20.0.1"];
+    server.cli(&[&site[..], &["--domain", "cluster.internal", "--range", "10.20.0.10-10.20.0.50"]].concat(), None);
+    server
+}
+
 /// A server whose reconciler passes every second, with a 3-second grace
 /// period, writing dnsmasq files for site `lab`; site, node `pve1` (the
 /// simulator, pinned by fingerprint), plan `small` and group `students`
@@ -128,8 +144,13 @@ async fn containers_follow_group_membership() {
     let dns = dns_dirs();
     let sim = Sim::start(&["--dhcp-hostsdir", &dns.dhcp.to_string_lossy()]);
     let server = server(&sim, &dns);
+    let (dnsmasq, port) = crate::dnsmasq::loopback_dnsmasq(dns._dir.path(), &dns.hosts, &dns.dhcp, "cluster.internal");
     server.add_user("alice", "alice-pw-123");
     server.cli(&["group", "add-member", "students", "alice"], None);
+    // The name resolves as soon as the container is desired (a real
+    // dnsmasq reading the files Portcullis writes).
+    let name = ["alice-small.cluster.internal", "A"];
+    crate::dnsmasq::expect_answer(&dnsmasq, port, &name, &crate::dnsmasq::noerror(&["10.20.0.10"]));
 
     // Joining the group: the container is created, started, and ready once
     // eth0 has the address reserved for its MAC.
@@ -188,8 +209,14 @@ async fn containers_follow_group_membership() {
         !dns.dhcp.join(format!("portcullis-{id}")).exists() && !dns.hosts.join(format!("portcullis-{id}")).exists()
     })
     .await;
-    let audit = server.cli(&["audit", "--limit", "50"], None);
+    let gone = crate::dnsmasq::dig("127.0.0.1", port, &name);
+    assert_eq!(gone.status, "NXDOMAIN", "{gone:?}");
+    let audit = server.cli(&["audit", "--limit", "100"], None);
     assert!(audit.contains("container.add") && audit.contains("entitlement.add"), "{audit}");
+    for action in ["container.create", "container.start", "container.destroy"] {
+        let line = audit.lines().find(|l| l.contains(action)).unwrap_or_else(|| panic!("{action} audited: {audit}"));
+        assert!(line.contains("alice-small") && line.contains("UPID:pve1:") && line.contains(": OK"), "{line}");
+    }
     assert!(!server.log().contains(SECRET), "the token secret never reaches the log");
 }
 
@@ -252,4 +279,79 @@ async fn proxmox_errors_are_retried_and_shown_verbatim() {
     wait_ready(&server, "carol-db");
     let quota = server.cli(&["quota", "show", "user", "carol"], None);
     assert!(quota.contains("containers: 2 of 2") && quota.contains("memory:     8704 of 8704 MiB"), "{quota}");
+
+    // Resizing above the quota works the same way: refused, filed, approved,
+    // then applied to the running CT (config and a grown disk).
+    let args = ["container", "resize", "carol-small", "--plan", "large"];
+    let refused = server.cli_output(&args, None);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("quota exceeded for user carol: cores"), "{refused:?}");
+    let filed = server.cli(&[&args[..], &["--file-request"]].concat(), None);
+    let request_id =
+        filed.lines().find_map(|l| l.strip_prefix("filed as request ")).unwrap().split(' ').next().unwrap();
+    assert!(server.cli(&["request", "list"], None).contains("resize"));
+    server.cli(&["request", "approve", request_id], None);
+    wait_ready(&server, "carol-small");
+    let ct = ours(&sim, &id).await.remove(0);
+    assert_eq!((ct["config"]["cores"].as_u64(), ct["config"]["memory"].as_u64()), (Some(4), Some(8192)), "{ct}");
+    assert!(ct["config"]["rootfs"].as_str().unwrap().ends_with("size=40G"), "{ct}");
+    assert!(show(&server, "carol-small")["plan"].starts_with("large (4 cores"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registering_a_node_adopts_its_containers() {
+    let dns = dns_dirs();
+    let sim = Sim::start(&["--dhcp-hostsdir", &dns.dhcp.to_string_lossy()]);
+    // Two containers made before Portcullis knew the node; one running.
+    let pve = sim.client();
+    crate::proxmox::create(&pve, 120).await;
+    crate::proxmox::create(&pve, 121).await;
+    let upid = pve.start("pve1", 121).await.expect("start");
+    pve.wait_task(&upid, Duration::from_secs(5), Duration::from_millis(20)).await.expect("started");
+
+    let server = server_without_node(&dns);
+    let node = [
+        "node",
+        "add",
+        "pve1",
+        "--site",
+        "lab",
+        "--url",
+        &sim.url,
+        "--token-id",
+        TOKEN_ID,
+        "--token-secret-stdin",
+        "--fingerprint",
+        &sim.fingerprint,
+        "--template",
+        TEMPLATE,
+        "--cores",
+        "16",
+        "--memory-mb",
+        "65536",
+        "--disk-gb",
+        "100",
+    ];
+    let out = server.cli(&node, Some(SECRET));
+    assert!(
+        out.contains("adopted CT 120 as container ct120") && out.contains("adopted CT 121 as container ct121"),
+        "{out}"
+    );
+    let c = show(&server, "ct121");
+    assert_eq!((c["owner"].as_str(), c["origin"].as_str()), ("(unassigned)", "adopted"));
+    assert_eq!(c["plan"], "adopted (2 cores, 1024 MiB, 8 GiB)");
+    let id = c["id"].clone();
+    assert_eq!(ours(&sim, &id).await.len(), 1, "the CT now carries its container id");
+    // The reconciler manages them without creating twins: the running one
+    // is ready, the stopped one stays stopped.
+    wait_ready(&server, "ct121");
+    assert_eq!(show(&server, "ct120")["status"], "stopped");
+    assert_eq!(creates(&sim).await, 2, "only the two creates made before registration");
+
+    // An admin gives it an owner (whose quota must hold it).
+    server.add_user("dora", "dora-pw-1234");
+    let out = server.cli(&["container", "assign", "ct121", "--user", "dora"], None);
+    assert!(out.contains("now belongs to user dora"), "{out}");
+    assert_eq!(show(&server, "ct121")["owner"], "user dora");
+    let refused = server.cli_output(&["container", "assign", "ct120", "--user", "dora"], None);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("quota exceeded for user dora: containers"));
 }

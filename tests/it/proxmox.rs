@@ -22,7 +22,9 @@ const WAIT: Duration = Duration::from_secs(4);
 const POLL: Duration = Duration::from_millis(20);
 
 /// A running `pve-sim`, killed on drop (and it exits by itself when this
-/// process dies, through `--exit-with-stdin`).
+/// process dies, through `--exit-with-stdin`). `start` adds node `pve1`
+/// (16 cores, 64 GiB, 100 GiB) and 100 ms tasks unless `extra` gives
+/// `--node` or `--task-ms`.
 pub(crate) struct Sim {
     child: Child,
     _stdin: ChildStdin,
@@ -38,7 +40,12 @@ impl Sim {
         let ca = dir.path().join("ca.pem");
         let mut child = Command::new(env!("CARGO_BIN_EXE_pve-sim"))
             .args(["--listen", "127.0.0.1:0", "--token", &format!("{TOKEN_ID}={SECRET}")])
-            .args(["--node", "pve1:cores=16,memory=64G,disk=100G", "--exit-with-stdin"])
+            .arg("--exit-with-stdin")
+            .args(if extra.contains(&"--node") {
+                &[][..]
+            } else {
+                &["--node", "pve1:cores=16,memory=64G,disk=100G"][..]
+            })
             .args(if extra.contains(&"--task-ms") { &[][..] } else { &["--task-ms", "100"][..] })
             .arg("--ca-out")
             .arg(&ca)
@@ -65,7 +72,7 @@ impl Sim {
     }
 
     /// A client that pins the simulator's certificate.
-    fn client(&self) -> ProxmoxClient {
+    pub(crate) fn client(&self) -> ProxmoxClient {
         ProxmoxClient::new(&self.endpoint(TlsTrust::Fingerprint(self.fingerprint.clone()))).expect("client")
     }
 
@@ -111,7 +118,7 @@ fn spec(vmid: u32) -> CreateLxc {
 }
 
 /// Creates container `vmid` and waits for the task.
-async fn create(c: &ProxmoxClient, vmid: u32) {
+pub(crate) async fn create(c: &ProxmoxClient, vmid: u32) {
     let upid = c.create_lxc(NODE, &spec(vmid)).await.expect("create");
     c.wait_task(&upid, WAIT, POLL).await.expect("create task");
 }
@@ -443,4 +450,120 @@ async fn cluster_resources_lag_behind_the_node() {
     };
     assert_eq!((seen.id.as_str(), seen.kind.as_str(), seen.node.as_str()), ("lxc/100", "lxc", NODE));
     assert_eq!(seen.maxmem, 1024 << 20);
+}
+
+#[tokio::test]
+async fn lasting_faults_are_seedable_and_pve_shaped() {
+    let sim = Sim::start(&["--task-ms", "20", "--node", "pve1", "--node", "pve2:cores=8,memory=32G,disk=100G"]);
+    let c = sim.client();
+
+    // A seeded error rate fails the same requests again after the same seed.
+    let rule = json!({"seed": 7, "error_rate": 0.5, "path_prefix": "/version", "status": 503, "reason": "busy"});
+    sim.fault(rule).await;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut pattern = Vec::new();
+        for _ in 0..24 {
+            match c.version().await {
+                Ok(_) => pattern.push(true),
+                Err(e) => {
+                    assert_eq!((e.status, e.kind()), (503, ErrorKind::Transient), "{e}");
+                    assert_eq!(e.message, "busy");
+                    pattern.push(false);
+                }
+            }
+        }
+        runs.push(pattern);
+        sim.fault(json!({"seed": 7})).await;
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same faults");
+    assert!(runs[0].contains(&true) && runs[0].contains(&false), "{:?}", runs[0]);
+    assert!(c.nodes().await.is_ok(), "other paths are not affected");
+    sim.ctl(reqwest::Method::DELETE, "faults", None).await;
+
+    // "after": the create happens, its answer is lost.
+    sim.fault(json!({"error_rate": 1, "path_prefix": "/nodes/pve1/lxc", "method": "POST", "after": true})).await;
+    let e = c.create_lxc(NODE, &spec(100)).await.unwrap_err();
+    assert_eq!((e.status, e.message.as_str()), (500, "injected fault"));
+    assert!(c.lxc_list(NODE).await.unwrap().iter().any(|s| s.vmid == 100), "the create went through");
+    sim.ctl(reqwest::Method::DELETE, "faults", None).await;
+
+    // Latency on matching paths only.
+    sim.fault(json!({"latency_ms": 300, "path_prefix": "/version"})).await;
+    let t0 = Instant::now();
+    c.version().await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    let t0 = Instant::now();
+    c.nodes().await.unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(300));
+    sim.ctl(reqwest::Method::DELETE, "faults", None).await;
+
+    // Lock contention: immediate for config changes and power actions, inside the task for delete.
+    tokio::time::sleep(Duration::from_millis(100)).await; // the create task above
+    sim.fault(json!({"lock_contention": {"rate": 1}})).await;
+    let lock = "can't lock file '/run/lock/lxc/pve-config-100.lock' - got timeout";
+    assert_kind(&c.start(NODE, 100).await.unwrap_err(), ErrorKind::Locked, lock);
+    assert_kind(&c.update_lxc_config(NODE, 100, &[("cores", "4")]).await.unwrap_err(), ErrorKind::Locked, lock);
+    let delete = c.delete_lxc(NODE, 100).await.unwrap();
+    let e = c.wait_task(&delete, WAIT, POLL).await.unwrap_err();
+    assert_eq!(e.message, lock, "{e}");
+    assert!(c.lxc_status(NODE, 100).await.is_ok(), "the container stays");
+    sim.fault(json!({"lock_contention": {"rate": 0}})).await;
+    c.wait_task(&c.start(NODE, 100).await.unwrap(), WAIT, POLL).await.unwrap();
+
+    // nextid collisions at a rate.
+    sim.fault(json!({"nextid_collision_rate": 1})).await;
+    let raced = c.next_id().await.unwrap();
+    assert_kind(
+        &c.create_lxc(NODE, &spec(raced)).await.unwrap_err(),
+        ErrorKind::AlreadyExists,
+        &format!("CT {raced} already exists on node 'pve1'"),
+    );
+    sim.fault(json!({"nextid_collision_rate": 0})).await;
+
+    // A node that is down: 595 for everything under it, offline in the lists.
+    sim.fault(json!({"node_offline": "pve2"})).await;
+    let e = c.lxc_list("pve2").await.unwrap_err();
+    assert_eq!((e.status, e.message.as_str(), e.kind()), (595, "No route to host", ErrorKind::Transient));
+    assert_eq!(c.node_status("pve2").await.unwrap_err().status, 595);
+    assert!(c.lxc_list(NODE).await.is_ok());
+    let nodes = c.nodes().await.unwrap();
+    assert_eq!(nodes.iter().find(|n| n.node == "pve2").map(|n| n.status.as_str()), Some("offline"));
+    sim.fault(json!({"node_online": "pve2"})).await;
+    assert!(c.lxc_list("pve2").await.unwrap().is_empty());
+
+    // Counters cover every request; they reset on their own.
+    let stats = sim.ctl(reqwest::Method::GET, "stats", None).await;
+    assert_eq!(stats["by_endpoint"]["POST /nodes/pve1/lxc"], 2, "{stats}");
+    assert_eq!(stats["by_status"]["595"], 2, "{stats}");
+    assert!(stats["by_endpoint"]["GET /nodes/pve1/tasks/{upid}/status"].as_u64() >= Some(1), "{stats}");
+    sim.ctl(reqwest::Method::DELETE, "stats", None).await;
+    c.version().await.unwrap();
+    assert_eq!(sim.ctl(reqwest::Method::GET, "stats", None).await["total"], 1);
+}
+
+#[tokio::test]
+async fn without_a_token_one_is_generated_and_printed() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pve-sim"))
+        .args(["--listen", "127.0.0.1:0", "--plain-http", "--exit-with-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start pve-sim");
+    let _stdin = child.stdin.take();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let url = first.trim().strip_prefix("pve-sim listening on ").unwrap().to_string();
+    let token = second.trim().strip_prefix("token: ").unwrap_or_else(|| panic!("token line: {second:?}"));
+    let (id, secret) = token.split_once('=').unwrap();
+    assert_eq!(id, "root@pam!pve-sim");
+    assert!(uuid::Uuid::parse_str(secret).is_ok(), "{secret}");
+    let http = reqwest::Client::new();
+    let get = |auth: String| http.get(format!("{url}/api2/json/version")).header("Authorization", auth).send();
+    assert_eq!(get(format!("PVEAPIToken={token}")).await.unwrap().status(), 200);
+    assert_eq!(get(format!("PVEAPIToken={id}=wrong")).await.unwrap().status(), 401);
+    let _ = child.kill();
+    let _ = child.wait();
 }

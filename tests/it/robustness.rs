@@ -1106,6 +1106,7 @@ mod props {
                 created_at: 1,
                 updated_at: 2,
             }],
+            containers: vec![],
             service_accounts: vec![ServiceAccount {
                 id: "s1".into(),
                 name: "sssd".into(),

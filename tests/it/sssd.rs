@@ -34,8 +34,8 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Upper bound for any single command run against the sandbox.
 const COMMAND_TIMEOUT_SECS: &str = "60";
 /// The service account SSSD binds as, and its password.
-const SSSD_ACCOUNT: &str = "sssd";
-const SSSD_PASSWORD: &str = "sssd-bind-Secret-7";
+pub const SSSD_ACCOUNT: &str = "sssd";
+pub const SSSD_PASSWORD: &str = "sssd-bind-Secret-7";
 /// Failed binds that lock an account (Portcullis's default auth.max_failures).
 const MAX_FAILURES: usize = 5;
 
@@ -192,7 +192,7 @@ fn numbers(text: &str) -> Vec<u32> {
 }
 
 /// One simple bind over plain LDAP from loopback with `ldapwhoami`.
-fn ldap_bind_ok(server: &TestServer, dn: &str, password: &str) -> bool {
+pub fn ldap_bind_ok(server: &TestServer, dn: &str, password: &str) -> bool {
     let url = server.ldap_url();
     let out = common::run("ldapwhoami", &["-x", "-H", &url, "-D", dn, "-w", password], &[]);
     out.status.success()
@@ -208,14 +208,14 @@ fn read_repo_file(rel: &str) -> String {
 }
 
 /// Replaces `from` (which must occur) with `to`.
-fn replace_required(text: &str, from: &str, to: &str, file: &str) -> String {
+pub fn replace_required(text: &str, from: &str, to: &str, file: &str) -> String {
     assert!(text.contains(from), "{file} no longer contains {from:?}; update the test's substitutions");
     text.replace(from, to)
 }
 
 /// Adds `key = value` lines at the end of `[section]` (appending a new
 /// section if there is none). A later duplicate key wins in SSSD's confdb.
-fn append_to_section(text: &str, section: &str, lines: &[&str]) -> String {
+pub fn append_to_section(text: &str, section: &str, lines: &[&str]) -> String {
     let header = format!("[{section}]");
     let all: Vec<&str> = text.lines().collect();
     let Some(start) = all.iter().position(|l| l.trim() == header) else {
@@ -298,7 +298,7 @@ fn sandbox_sssd_conf(sc: &Scenario, server: &TestServer, uri: &str) -> String {
 }
 
 /// `key = value` pairs of one section (later duplicates win, as in SSSD).
-fn ini_settings(text: &str, section: &str) -> BTreeMap<String, String> {
+pub fn ini_settings(text: &str, section: &str) -> BTreeMap<String, String> {
     let mut current = String::new();
     let mut out = BTreeMap::new();
     for line in text.lines().map(str::trim) {
@@ -335,7 +335,7 @@ fn access_snippet(group: &str) -> String {
 // ---------------------------------------------------------------------------
 
 /// sssd and sshd in a private mount namespace (tests/sssd/sandbox.sh).
-struct Sandbox {
+pub struct Sandbox {
     dir: tempfile::TempDir,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
@@ -345,9 +345,29 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    fn start(sssd_conf: &str, snippets: &[(String, String)], probe_user: &str) -> Self {
+    pub fn start(sssd_conf: &str, snippets: &[(String, String)], probe_user: &str) -> Self {
+        Self::start_as(sssd_conf, snippets, probe_user, None)
+    }
+
+    /// Like `start`, on a machine named `host` (a private UTS namespace)
+    /// whose /etc/hosts resolves it to `fqdn` (a private copy), as a
+    /// container's hostname and its name in the site's domain.
+    pub fn start_as(
+        sssd_conf: &str,
+        snippets: &[(String, String)],
+        probe_user: &str,
+        host: Option<(&str, &str)>,
+    ) -> Self {
         let dir = tempfile::Builder::new().prefix("portcullis-sssd-").tempdir().expect("sandbox tempdir");
         let w = dir.path();
+        if let Some((name, fqdn)) = host {
+            std::fs::write(w.join("hostname"), name).expect("write hostname");
+            std::fs::write(
+                w.join("hosts"),
+                format!("127.0.0.1 localhost\n127.0.1.1 {fqdn} {name}\n::1 localhost ip6-localhost ip6-loopback\n"),
+            )
+            .expect("write hosts");
+        }
         std::fs::write(w.join("sssd.conf"), sssd_conf).expect("write sssd.conf");
         std::fs::create_dir_all(w.join("sssd.conf.d")).expect("mkdir sssd.conf.d");
         for (name, text) in snippets {
@@ -357,7 +377,7 @@ impl Sandbox {
             w.join("nsswitch.conf"),
             "passwd: files sss\ngroup: files sss\nshadow: files sss\ngshadow: files\n\
              hosts: files dns\nnetworks: files\nprotocols: db files\nservices: db files\n\
-             ethers: db files\nrpc: db files\nnetgroup: files\n",
+             ethers: db files\nrpc: db files\nnetgroup: files\nsudoers: files sss\n",
         )
         .expect("write nsswitch.conf");
 
@@ -404,7 +424,9 @@ impl Sandbox {
 
         let script = Path::new(REPO).join("tests/sssd/sandbox.sh");
         let stderr = std::fs::File::create(w.join("sandbox.err")).expect("sandbox.err");
+        let uts: &[&str] = if host.is_some() { &["--uts"] } else { &[] };
         let mut child = Command::new("unshare")
+            .args(uts)
             .args(["--mount", "--propagation", "private", "bash"])
             .arg(&script)
             .arg(w)
@@ -429,14 +451,14 @@ impl Sandbox {
         sandbox
     }
 
-    fn workdir(&self) -> &Path {
+    pub fn workdir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Runs a command inside the sandbox's mount namespace.
-    fn exec(&self, args: &[&str], stdin: Option<&str>) -> Output {
+    /// Runs a command inside the sandbox's mount (and UTS) namespace.
+    pub fn exec(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-m", "--", "timeout", COMMAND_TIMEOUT_SECS])
+            .args(["-t", &self.pid.to_string(), "-m", "-u", "--", "timeout", COMMAND_TIMEOUT_SECS])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -451,7 +473,7 @@ impl Sandbox {
     }
 
     /// The tail of every log the sandbox wrote, for failure messages.
-    fn diagnostics(&self) -> String {
+    pub fn diagnostics(&self) -> String {
         let w = self.workdir();
         let mut files: Vec<PathBuf> = ["sandbox.err", "overlay.err", "sssd.stdout", "sshd-check.err", "sshd.log"]
             .iter()
@@ -477,7 +499,7 @@ impl Sandbox {
 
     /// Closes the script's stdin: it stops sshd and sssd and exits, and the
     /// namespace with its mounts goes away.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         drop(self.stdin.take());
         let Some(mut child) = self.child.take() else { return };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -530,7 +552,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// Contents of the host files the sandbox shadows, and whether the paths it
 /// must never create exist.
-fn host_fingerprint() -> BTreeMap<String, String> {
+pub fn host_fingerprint() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     fn walk(path: &Path, out: &mut BTreeMap<String, String>) {
         let key = path.display().to_string();
@@ -559,7 +581,8 @@ fn host_fingerprint() -> BTreeMap<String, String> {
             }
         }
     }
-    for p in ["/etc/nsswitch.conf", "/etc/pam.d", "/etc/sssd"] {
+    // The hostname and /etc/hosts too: container sandboxes set their own.
+    for p in ["/etc/nsswitch.conf", "/etc/pam.d", "/etc/sssd", "/etc/hosts", "/proc/sys/kernel/hostname"] {
         walk(Path::new(p), &mut out);
     }
     // Only names here: a host sssd, if one runs, rewrites its own files.
@@ -580,7 +603,7 @@ fn host_fingerprint() -> BTreeMap<String, String> {
     out
 }
 
-fn assert_host_unchanged(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
+pub fn assert_host_unchanged(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     let changed: Vec<String> = keys
         .into_iter()
@@ -594,20 +617,20 @@ fn assert_host_unchanged(before: &BTreeMap<String, String>, after: &BTreeMap<Str
 // Checks
 // ---------------------------------------------------------------------------
 
-struct Ctx<'a> {
-    server: &'a TestServer,
-    sandbox: &'a Sandbox,
+pub struct Ctx<'a> {
+    pub server: &'a TestServer,
+    pub sandbox: &'a Sandbox,
 }
 
 impl Ctx<'_> {
     /// Runs `args` in the sandbox and panics with everything known if it fails.
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let out = self.sandbox.exec(args, None);
         assert!(out.status.success(), "{args:?} failed ({}):\n{}", out.status, self.explain(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn explain(&self, out: &Output) -> String {
+    pub fn explain(&self, out: &Output) -> String {
         let log = self.server.log();
         let lines: Vec<&str> = log.lines().collect();
         format!(
@@ -627,12 +650,12 @@ impl Ctx<'_> {
 
     /// `pamtester sshd USER authenticate` (or another PAM operation) with
     /// `password` on stdin.
-    fn pam(&self, user: &str, op: &str, password: &str) -> Output {
+    pub fn pam(&self, user: &str, op: &str, password: &str) -> Output {
         self.sandbox.exec(&["pamtester", "-v", "sshd", user, op], Some(&format!("{password}\n")))
     }
 
     /// `sshpass ssh USER@127.0.0.1 COMMAND` against the sandbox's sshd.
-    fn ssh(&self, user: &str, password: &str, command: &str) -> Output {
+    pub fn ssh(&self, user: &str, password: &str, command: &str) -> Output {
         let port = self.sandbox.ssh_port.to_string();
         let target = format!("{user}@127.0.0.1");
         // ssh keeps the FIRST value given for an option: no duplicates here.
@@ -1128,6 +1151,6 @@ fn ssh_login_through_the_compatibility_push_service() {
 }
 
 /// Whether an ssh run succeeded and printed `user` (from `id -un`).
-fn ssh_as(out: &Output, user: &str) -> bool {
+pub fn ssh_as(out: &Output, user: &str) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == user
 }

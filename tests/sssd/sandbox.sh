@@ -11,6 +11,10 @@
 #   pam.d/              replaces /etc/pam.d (a full tree: host copy plus the files under test)
 #   sshd_config         optional; when present a real sshd is started with it
 #                       (the caller puts HostKey, Port and PidFile inside WORKDIR)
+#   hostname            optional; the sandbox's hostname (needs a private UTS
+#                       namespace: unshare --uts), set before sssd starts
+#   hosts               optional; replaces /etc/hosts (e.g. to resolve that
+#                       hostname to a fully qualified name)
 #
 # Inside the namespace the script bind-mounts private copies over
 # /etc/nsswitch.conf, /etc/sssd, /etc/pam.d, /var/lib/sss, /var/log/sssd,
@@ -85,6 +89,16 @@ m --bind "$L" /var/lib/sss
 [ -d /var/log/sssd ] || fail "/var/log/sssd is missing (is the sssd package installed?)"
 m --bind "$W/var-log-sssd" /var/log/sssd
 m --bind "$W/home" /home
+# The machine's name, as a container's: SSSD's host check and sudo read it.
+if [ -f "$W/hostname" ]; then
+    if [ "$(readlink /proc/self/ns/uts)" = "$(readlink /proc/1/ns/uts)" ]; then
+        fail "a hostname needs a private UTS namespace (run through unshare --uts)"
+    fi
+    hostname "$(cat "$W/hostname")" || fail "cannot set the hostname"
+fi
+if [ -f "$W/hosts" ]; then
+    m --bind "$W/hosts" /etc/hosts
+fi
 # Login records (sshd writes btmp on failed logins, pam/lastlog on sessions).
 for f in btmp wtmp lastlog faillog; do
     if [ -f "/var/log/$f" ]; then

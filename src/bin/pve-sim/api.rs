@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::params::{self, Prop, RawParams, Ty, checked, checks, int, opt, req, text};
-use crate::state::{self, MAX_LOGGED_REQUESTS, Power, Sim, no_such_node};
+use crate::state::{self, Power, Sim, no_such_node};
 
 /// Largest request body accepted (pveproxy's limit is of the same order).
 pub(crate) const MAX_BODY: usize = 512 * 1024;
@@ -101,8 +101,13 @@ pub(crate) async fn handle(Axum(sim): Axum<Arc<Sim>>, req: Request) -> Response 
         token = Some(user.clone());
         let raw = params::collect(parts.uri.query(), content_type, &body)?;
         logged_params = redact(&raw);
+        let lost_answer = chaos(&sim, &method, &api_path).await?;
         inject_fault(&sim, &method, &api_path).await?;
-        dispatch(&sim, &method, &api_path, raw, &user).await
+        let data = dispatch(&sim, &method, &api_path, raw, &user).await?;
+        match lost_answer {
+            Some(e) => Err(e),
+            None => Ok(data),
+        }
     }
     .await;
 
@@ -110,12 +115,16 @@ pub(crate) async fn handle(Axum(sim): Axum<Arc<Sim>>, req: Request) -> Response 
     {
         let mut st = sim.lock();
         st.request_seq += 1;
-        let entry = json!({
-            "seq": st.request_seq, "method": method, "path": api_path, "params": logged_params,
-            "status": status, "token": token,
-        });
-        st.requests.push_back(entry);
-        while st.requests.len() > MAX_LOGGED_REQUESTS {
+        st.stats.count(&method, &api_path, status);
+        let max = sim.settings.max_logged_requests;
+        if max > 0 {
+            let entry = json!({
+                "seq": st.request_seq, "method": method, "path": api_path, "params": logged_params,
+                "status": status, "token": token,
+            });
+            st.requests.push_back(entry);
+        }
+        while st.requests.len() > max {
             st.requests.pop_front();
         }
     }
@@ -154,6 +163,32 @@ async fn authenticate(sim: &Sim, header: Option<&str>) -> Result<String, ApiErro
             }
             Err(ApiError::new(401, "Authentication failed!"))
         }
+    }
+}
+
+/// Applies the lasting faults (`/_sim/faults` with `latency_ms`,
+/// `node_offline`, `error_rate`): waits the added latency, then fails a
+/// request for an offline node with 595, or a request a rate fault hits.
+/// A rate fault with `after` lets the request through and is returned, to
+/// replace its answer.
+async fn chaos(sim: &Sim, method: &str, path: &str) -> Result<Option<ApiError>, ApiError> {
+    let (delay, hit, offline) = {
+        let mut st = sim.lock();
+        let node = path.strip_prefix("/nodes/").map(|rest| rest.split('/').next().unwrap_or(""));
+        let offline = node.is_some_and(|n| st.chaos.offline.contains(n));
+        let (delay, hit) = st.chaos.plan(method, path);
+        (delay, hit, offline)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if offline {
+        return Err(state::node_unreachable());
+    }
+    match hit {
+        Some(f) if f.after => Ok(Some(ApiError::new(f.status, f.reason))),
+        Some(f) => Err(ApiError::new(f.status, f.reason)),
+        None => Ok(None),
     }
 }
 

@@ -6,17 +6,21 @@
 //! # Command line
 //!
 //! ```text
-//! pve-sim --listen 127.0.0.1:0 --token 'root@pam!portcullis=SECRET' [--token …]
+//! pve-sim --listen 127.0.0.1:0 [--token 'root@pam!portcullis=SECRET' …]
 //!         [--node pve1:cores=16,memory=64G,disk=500G …] [--task-ms 300]
 //!         [--resources-lag-ms 0] [--lock-wait-ms 10000] [--auth-fail-delay-ms 0]
 //!         [--dhcp-hostsdir DIR] [--dhcp-prefix-len 24] [--max-containers 1000]
-//!         [--plain-http] [--ca-out FILE] [--exit-with-stdin]
+//!         [--max-logged-requests 10000] [--plain-http] [--ca-out FILE]
+//!         [--exit-with-stdin]
 //! ```
 //!
-//! On start it prints exactly one line and flushes it:
+//! On start it prints one line and flushes it:
 //! `pve-sim listening on https://127.0.0.1:PORT sha256=AA:BB:…` (the
 //! SHA-256 of the server certificate's DER, as PVE shows fingerprints), or
-//! `pve-sim listening on http://127.0.0.1:PORT` with `--plain-http`. Like a
+//! `pve-sim listening on http://127.0.0.1:PORT` with `--plain-http`. Without
+//! `--token` it generates one and prints it on a second line,
+//! `token: root@pam!pve-sim=UUID` (`USER@REALM!TOKENID=SECRET`, ready for
+//! `portcullis node add --token-id … --token-secret-stdin`). Like a
 //! PVE node, the server certificate is signed by a generated CA
 //! ("Proxmox Virtual Environment"), written as PEM to `--ca-out`.
 //!
@@ -78,29 +82,80 @@
 //!
 //! # Test control API (`/_sim/…`, no auth, JSON)
 //!
-//! * `POST /_sim/faults` with any of:
-//!   `{"path_prefix":"/nodes/pve1/lxc","method":"POST","status":500,"reason":"…","count":2,"delay_ms":0}`
-//!   (the next `count` API requests whose path after `/api2/json` starts
-//!   with the prefix, and with that method if given, wait `delay_ms` and then
-//!   fail with that status and reason; without `status` they are only
-//!   delayed), `{"nextid_collision":1}` (the next nextid answer is taken at
-//!   once by a stopped container `race-V`, so the create that follows fails
-//!   "already exists"), `{"task_fail":{"type":"vzcreate","message":"…","count":1}}`
-//!   (the next tasks of that type end with that exit status; a failed
-//!   create is removed). `DELETE /_sim/faults` clears all.
+//! * `POST /_sim/faults` with a JSON object; its parts may be combined, and
+//!   nothing changes unless all of them are valid (400 otherwise).
+//!   Counted faults, used up one request (or task) at a time:
+//!   * `{"path_prefix":"/nodes/pve1/lxc","method":"POST","status":500,"reason":"…","count":2,"delay_ms":0}`:
+//!     the next `count` API requests whose path after `/api2/json` starts
+//!     with the prefix, and with that method if given, wait `delay_ms` and
+//!     then fail with that status and reason; without `status` they are
+//!     only delayed.
+//!   * `{"nextid_collision":1}`: the next nextid answer is taken at once by
+//!     a stopped container `race-V` (someone else's, untagged), so the create
+//!     that follows fails "already exists".
+//!   * `{"task_fail":{"type":"vzcreate","message":"…","count":1}}`: the next
+//!     tasks of that type end with that exit status (a failed create is
+//!     removed).
+//!
+//!   Lasting faults, in force until `DELETE /_sim/faults`:
+//!   * `{"error_rate":0.1,"status":500,"reason":"…","path_prefix":"/nodes","method":"POST","after":false}`:
+//!     each matching API request (prefix default `""`, i.e. all; any method)
+//!     fails with that probability, status (default 500) and reason
+//!     (default "injected fault"). With `"after":true` the request is
+//!     carried out first and only its answer is replaced (a response lost
+//!     on the way: the create happened, the client saw a 500). Several
+//!     rules may be active; each matching one rolls in turn.
+//!   * `{"latency_ms":200}`, optionally with `path_prefix` and `method`:
+//!     every matching API request waits that long first (matching rules
+//!     add up).
+//!   * `{"lock_contention":{"rate":0.1}}`: with that probability a
+//!     `PUT …/config`, `PUT …/resize` or `POST …/status/{start|stop|shutdown}`
+//!     finds the config file lock taken by someone else and fails at once
+//!     with 500 "can't lock file '/run/lock/lxc/pve-config-V.lock' - got
+//!     timeout" (PVE takes that lock in the API call, before forking the
+//!     task; it would wait 10 s first). A `DELETE …/lxc/{vmid}` takes the
+//!     lock inside its task, as PVE does: its task fails with that text and
+//!     the container stays. Creates are not affected (nobody else holds the
+//!     lock of an unused id). `{"rate":0}` turns it off.
+//!   * `{"nextid_collision_rate":0.1}`: each nextid answer is taken at once
+//!     by a `race-V` container with that probability (as `nextid_collision`).
+//!   * `{"node_offline":"pve2"}` / `{"node_online":"pve2"}`: a cluster node
+//!     goes down / comes back. Requests under `/nodes/pve2/…` (status,
+//!     containers, tasks) then fail with 595 "No route to host", which is
+//!     what pveproxy answers when it cannot reach the node it must proxy to
+//!     (a powered-off node; a node whose pveproxy is down gives 595 "Errors
+//!     during connection establishment, proxy handshake: Connection
+//!     refused" instead). `GET /nodes` lists it as `"status":"offline"`
+//!     without figures; `/cluster/resources` shows the node offline and its
+//!     guests `"status":"unknown"`. Its containers and running tasks stay
+//!     as they were. The simulated endpoint itself never goes down.
+//!   * `{"seed":42}`: restarts the random generator behind every rate, so
+//!     the same seed and the same order of requests give the same faults
+//!     (the seed in use is shown in `/_sim/state`).
+//!
+//!   Order per API request: token check, parameters, latency, offline
+//!   node, counted fault, rate faults, the operation. `DELETE /_sim/faults`
+//!   clears every fault, rate and offline node.
 //! * Out-of-band changes: `POST /_sim/lxc/{vmid}/stop`,
 //!   `POST /_sim/lxc/{vmid}/start`, `DELETE /_sim/lxc/{vmid}`,
 //!   `POST /_sim/lxc/{vmid}/config` with `{"key": value-or-null}`.
 //! * `GET /_sim/state`: nodes with usage, every container with its config,
-//!   lock and file-lock holder, tasks, pending faults.
-//! * `GET /_sim/requests`: every API request so far (`seq`, `method`, `path`,
-//!   `params` with `password` redacted, `status`, `token` id, never the
-//!   secret); `DELETE /_sim/requests` clears it.
+//!   lock and file-lock holder, tasks, pending faults, and under `chaos`
+//!   the lasting rules, offline nodes and the seed.
+//! * `GET /_sim/requests`: the last `--max-logged-requests` API requests
+//!   (`seq`, `method`, `path`, `params` with `password` redacted, `status`,
+//!   `token` id, never the secret); `DELETE /_sim/requests` clears it.
+//! * `GET /_sim/stats`: counters of every API request since start or the
+//!   last `DELETE /_sim/stats`: `total`, `seconds`, `by_method`,
+//!   `by_status` and `by_endpoint` (`"GET /nodes/pve1/lxc/{vmid}/status/current"`:
+//!   vmids and UPIDs replaced, at most 1,000 distinct keys, then `other`).
+//!   Requests the token check refuses count too.
 //!
 //! Limits: request bodies over 512 KiB get 413; at most `--max-containers`
-//! containers, 10,000 remembered tasks and logged requests, 1,000 pending
-//! faults. No input makes it panic: state sits behind one mutex that is
-//! never held across an `.await`, and a poisoned lock is recovered.
+//! containers, 10,000 remembered tasks, `--max-logged-requests` logged
+//! requests, 1,000 pending faults and rules. No input makes it panic:
+//! state sits behind one mutex that is never held across an `.await`, and
+//! a poisoned lock is recovered.
 
 #![forbid(unsafe_code)]
 
@@ -132,8 +187,9 @@ struct Cli {
     /// Address to listen on (port 0 picks a free one; the start-up line shows it).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// An accepted API token, `USER@REALM!NAME=SECRET` (repeatable).
-    #[arg(long = "token", required = true)]
+    /// An accepted API token, `USER@REALM!NAME=SECRET` (repeatable). Without
+    /// one, a token `root@pam!pve-sim=UUID` is generated and printed.
+    #[arg(long = "token")]
     tokens: Vec<String>,
     /// A node, `NAME[:cores=N,memory=SIZE,disk=SIZE]` (repeatable; default
     /// `pve1:cores=16,memory=64G,disk=500G`).
@@ -160,6 +216,10 @@ struct Cli {
     /// Most containers the simulator holds.
     #[arg(long, default_value_t = 1000)]
     max_containers: usize,
+    /// Most requests kept in the log of `/_sim/requests` (older ones are
+    /// dropped; `/_sim/stats` counts every request regardless).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    max_logged_requests: u64,
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long)]
     plain_http: bool,
@@ -246,7 +306,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dup) = nodes.iter().find(|n| !seen.insert(n.name.clone())) {
         bail!("--node {} given twice", dup.name);
     }
-    let tokens: HashMap<String, String> = cli.tokens.iter().map(|t| parse_token(t)).collect::<anyhow::Result<_>>()?;
+    let mut tokens: HashMap<String, String> =
+        cli.tokens.iter().map(|t| parse_token(t)).collect::<anyhow::Result<_>>()?;
+    // Without --token: a fresh one, announced on the second start-up line.
+    let generated = if tokens.is_empty() {
+        let (id, secret) = ("root@pam!pve-sim".to_string(), uuid::Uuid::new_v4().to_string());
+        tokens.insert(id.clone(), secret.clone());
+        Some(format!("{id}={secret}"))
+    } else {
+        None
+    };
 
     let certs = if cli.plain_http { None } else { Some(generate_certs(&nodes)?) };
     if let (Some(path), Some(c)) = (&cli.ca_out, &certs) {
@@ -261,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
         dhcp_hostsdir: cli.dhcp_hostsdir.clone(),
         dhcp_prefix_len: cli.dhcp_prefix_len,
         max_containers: cli.max_containers,
+        max_logged_requests: usize::try_from(cli.max_logged_requests).unwrap_or(usize::MAX),
         fingerprint: certs.as_ref().map(|c| c.fingerprint.clone()),
     };
     let sim = Sim::new(settings, nodes);
@@ -309,7 +379,7 @@ async fn main() -> anyhow::Result<()> {
 
     match certs {
         None => {
-            announce(&format!("pve-sim listening on http://{addr}"))?;
+            announce(&format!("pve-sim listening on http://{addr}"), generated.as_deref())?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
         }
@@ -330,17 +400,24 @@ async fn main() -> anyhow::Result<()> {
                 shutdown.await;
                 stopper.graceful_shutdown(Some(Duration::from_secs(2)));
             });
-            announce(&format!("pve-sim listening on https://{addr} sha256={}", certs.fingerprint))?;
+            announce(
+                &format!("pve-sim listening on https://{addr} sha256={}", certs.fingerprint),
+                generated.as_deref(),
+            )?;
             axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(app.into_make_service()).await?;
         }
     }
     Ok(())
 }
 
-/// Prints the one start-up line and flushes it (tests read it from a pipe).
-fn announce(line: &str) -> anyhow::Result<()> {
+/// Prints the start-up line, and the generated token's line if there is
+/// one, and flushes them (tests read them from a pipe).
+fn announce(line: &str, token: Option<&str>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
+    if let Some(token) = token {
+        writeln!(out, "token: {token}")?;
+    }
     out.flush()?;
     Ok(())
 }

@@ -4,12 +4,14 @@
 //! `--task-ms`. This file owns the semantics (locks, capacity, state
 //! errors, messages); `api.rs` owns HTTP and parameters.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
@@ -19,8 +21,9 @@ use crate::params::Params;
 
 /// Tasks kept for status queries; older finished ones are forgotten.
 const MAX_TASKS: usize = 10_000;
-/// Requests kept in the log served by `/_sim/requests`.
-pub(crate) const MAX_LOGGED_REQUESTS: usize = 10_000;
+/// Distinct endpoints counted separately by `/_sim/stats`; the rest are
+/// counted under `other` (paths come from clients, so the map is bounded).
+const MAX_STAT_ENDPOINTS: usize = 1_000;
 /// Files and bytes read from `--dhcp-hostsdir` at most.
 const MAX_DHCP_FILES: usize = 1_000;
 const MAX_DHCP_FILE_BYTES: u64 = 1 << 20;
@@ -44,6 +47,8 @@ pub(crate) struct Settings {
     pub(crate) dhcp_prefix_len: u8,
     /// Most containers the simulator holds.
     pub(crate) max_containers: usize,
+    /// Requests kept in the log served by `/_sim/requests`.
+    pub(crate) max_logged_requests: usize,
     /// The certificate fingerprint shown in `/nodes`.
     pub(crate) fingerprint: Option<String>,
 }
@@ -204,6 +209,199 @@ pub(crate) struct TaskFail {
     pub(crate) count: u32,
 }
 
+/// A probabilistic request fault (`POST /_sim/faults` with `error_rate`):
+/// it stays until `DELETE /_sim/faults`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct RateFault {
+    /// Matches API paths (after `/api2/json`) starting with this.
+    pub(crate) path_prefix: String,
+    /// Only this method (any when absent).
+    pub(crate) method: Option<String>,
+    /// The probability that a matching request fails.
+    pub(crate) error_rate: f64,
+    pub(crate) status: u16,
+    pub(crate) reason: String,
+    /// Carry the request out and fail only its answer (a lost response).
+    pub(crate) after: bool,
+}
+
+/// Added latency (`POST /_sim/faults` with `latency_ms`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Latency {
+    pub(crate) path_prefix: String,
+    pub(crate) method: Option<String>,
+    pub(crate) latency_ms: u64,
+}
+
+/// Which requests a rule applies to.
+fn matches(prefix: &str, rule_method: Option<&str>, method: &str, path: &str) -> bool {
+    path.starts_with(prefix) && rule_method.is_none_or(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// The lasting, random faults: rates, latency, offline nodes. Every
+/// random decision comes from one generator, seedable through the control
+/// API so a run can be repeated (the same seed and the same request order
+/// give the same failures).
+#[derive(Debug)]
+pub(crate) struct Chaos {
+    rng: StdRng,
+    /// The last seed given (or drawn at start), shown in `/_sim/state`.
+    pub(crate) seed: u64,
+    pub(crate) rate_faults: Vec<RateFault>,
+    pub(crate) latency: Vec<Latency>,
+    /// The probability that a config change, power action or delete finds
+    /// the config file lock taken.
+    pub(crate) lock_contention: f64,
+    /// The probability that a nextid answer is taken by someone else at once.
+    pub(crate) nextid_collision_rate: f64,
+    /// Cluster nodes that are down: requests for them fail with 595.
+    pub(crate) offline: BTreeSet<String>,
+}
+
+impl Chaos {
+    fn new() -> Self {
+        let seed = rand::random();
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            rate_faults: Vec::new(),
+            latency: Vec::new(),
+            lock_contention: 0.0,
+            nextid_collision_rate: 0.0,
+            offline: BTreeSet::new(),
+        }
+    }
+
+    /// Restarts the generator from `seed`.
+    pub(crate) fn reseed(&mut self, seed: u64) {
+        self.seed = seed;
+        self.rng = StdRng::seed_from_u64(seed);
+    }
+
+    /// True with probability `p` (draws only for 0 < p < 1, so rules at 0
+    /// or 1 do not shift the sequence of the others).
+    pub(crate) fn roll(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
+            false
+        } else if p >= 1.0 {
+            true
+        } else {
+            self.rng.r#gen::<f64>() < p
+        }
+    }
+
+    /// Forgets every rule and brings every node back (the generator keeps
+    /// its state).
+    pub(crate) fn clear(&mut self) {
+        self.rate_faults.clear();
+        self.latency.clear();
+        self.lock_contention = 0.0;
+        self.nextid_collision_rate = 0.0;
+        self.offline.clear();
+    }
+
+    /// What the lasting rules do to one request: the total added latency,
+    /// and the first rate fault that fires (each matching rule rolls in
+    /// order until one does).
+    pub(crate) fn plan(&mut self, method: &str, path: &str) -> (Duration, Option<RateFault>) {
+        let delay: u64 = self
+            .latency
+            .iter()
+            .filter(|l| matches(&l.path_prefix, l.method.as_deref(), method, path))
+            .map(|l| l.latency_ms)
+            .fold(0, u64::saturating_add);
+        let mut hit = None;
+        for i in 0..self.rate_faults.len() {
+            let Some(f) = self.rate_faults.get(i) else { break };
+            if !matches(&f.path_prefix, f.method.as_deref(), method, path) {
+                continue;
+            }
+            let rate = f.error_rate;
+            if self.roll(rate) {
+                hit = self.rate_faults.get(i).cloned();
+                break;
+            }
+        }
+        (Duration::from_millis(delay.min(600_000)), hit)
+    }
+
+    pub(crate) fn dump(&self) -> Value {
+        json!({
+            "seed": self.seed, "error_rates": self.rate_faults, "latency": self.latency,
+            "lock_contention": self.lock_contention, "nextid_collision_rate": self.nextid_collision_rate,
+            "offline_nodes": self.offline,
+        })
+    }
+}
+
+/// Request counters for `/_sim/stats`: unlike the log they never drop
+/// anything, so a long benchmark can count every call.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    since: Instant,
+    total: u64,
+    by_method: BTreeMap<String, u64>,
+    by_status: BTreeMap<u16, u64>,
+    /// `METHOD /path` with vmids as `{vmid}` and UPIDs as `{upid}`.
+    by_endpoint: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            total: 0,
+            by_method: BTreeMap::new(),
+            by_status: BTreeMap::new(),
+            by_endpoint: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one answered API request.
+    pub(crate) fn count(&mut self, method: &str, path: &str, status: u16) {
+        self.total += 1;
+        *self.by_method.entry(method.to_string()).or_default() += 1;
+        *self.by_status.entry(status).or_default() += 1;
+        let endpoint = format!("{method} {}", endpoint_of(path));
+        let key = if self.by_endpoint.contains_key(&endpoint) || self.by_endpoint.len() < MAX_STAT_ENDPOINTS {
+            endpoint
+        } else {
+            "other".to_string()
+        };
+        *self.by_endpoint.entry(key).or_default() += 1;
+    }
+
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    pub(crate) fn dump(&self) -> Value {
+        let by_status: BTreeMap<String, u64> = self.by_status.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        json!({
+            "total": self.total, "seconds": self.since.elapsed().as_secs_f64(),
+            "by_method": self.by_method, "by_status": by_status, "by_endpoint": self.by_endpoint,
+        })
+    }
+}
+
+/// A path with its variable parts replaced: numeric segments by `{vmid}`,
+/// UPIDs by `{upid}`.
+fn endpoint_of(path: &str) -> String {
+    let segs: Vec<&str> = path
+        .split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "{vmid}"
+            } else if s.starts_with("UPID") {
+                "{upid}"
+            } else {
+                s
+            }
+        })
+        .collect();
+    segs.join("/")
+}
+
 /// Everything mutable.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -216,6 +414,8 @@ pub(crate) struct State {
     pub(crate) task_fails: Vec<TaskFail>,
     pub(crate) requests: VecDeque<Value>,
     pub(crate) request_seq: u64,
+    pub(crate) stats: Stats,
+    pub(crate) chaos: Chaos,
     /// Snapshots of `/cluster/resources` for the lag.
     history: VecDeque<(Instant, Arc<Value>)>,
     next_pid: u32,
@@ -242,6 +442,8 @@ impl Sim {
             task_fails: Vec::new(),
             requests: VecDeque::new(),
             request_seq: 0,
+            stats: Stats::new(),
+            chaos: Chaos::new(),
             history: VecDeque::new(),
             next_pid: 0x0001_2000,
             mac_counter: 0,
@@ -269,11 +471,34 @@ fn lock_timeout(vmid: u32) -> ApiError {
     ApiError::new(500, format!("can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout"))
 }
 
+/// What pveproxy answers when it cannot reach the node a request is for
+/// (the node is powered off or its network is gone): 595 "No route to
+/// host". When the node is up but its pveproxy is not, the text is "Errors
+/// during connection establishment, proxy handshake: Connection refused";
+/// both are 595, and clients should treat them alike.
+pub(crate) fn node_unreachable() -> ApiError {
+    ApiError::new(595, "No route to host")
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl State {
+    /// Whether the config file lock is taken by someone else this time
+    /// (`lock_contention`).
+    fn contended(&mut self) -> bool {
+        let rate = self.chaos.lock_contention;
+        self.chaos.roll(rate)
+    }
+
+    /// Makes a task fail with `message` (unless another failure is injected).
+    fn fail_task(&mut self, upid: &str, message: String) {
+        if let Some(t) = self.tasks.get_mut(upid) {
+            t.injected.get_or_insert(message);
+        }
+    }
+
     pub(crate) fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -422,6 +647,10 @@ impl State {
             .iter()
             .map(|n| {
                 let mut v = self.node_resource(n);
+                if self.chaos.offline.contains(&n.name) {
+                    // PVE lists a node that is down with its name and status only.
+                    return json!({"node": n.name, "status": "offline", "type": "node", "level": ""});
+                }
                 if let (Some(obj), Some(fp)) = (v.as_object_mut(), fingerprint) {
                     obj.insert("ssl_fingerprint".into(), json!(fp));
                     obj.remove("id");
@@ -433,6 +662,9 @@ impl State {
     }
 
     fn node_resource(&self, n: &Node) -> Value {
+        if self.chaos.offline.contains(&n.name) {
+            return json!({"id": format!("node/{}", n.name), "type": "node", "node": n.name, "status": "offline"});
+        }
         json!({
             "id": format!("node/{}", n.name), "type": "node", "node": n.name, "status": "online", "level": "",
             "maxcpu": n.cores, "cpu": self.cpu_load(n),
@@ -512,6 +744,10 @@ impl State {
                 obj.remove("pid");
                 obj.remove("maxswap");
                 obj.remove("swap");
+                if self.chaos.offline.contains(&ct.node) {
+                    // The guests of a node that is down: last known config, unknown state.
+                    obj.insert("status".into(), json!("unknown"));
+                }
             }
             list.push(v);
         }
@@ -568,8 +804,11 @@ impl State {
         let id = (100u32..1_000_000_000)
             .find(|i| !self.cts.contains_key(i))
             .ok_or_else(|| ApiError::new(500, "unable to get any free VMID"))?;
-        if self.nextid_collisions > 0 && self.cts.len() < usize::MAX {
+        let rate = self.chaos.nextid_collision_rate;
+        if self.nextid_collisions > 0 {
             self.nextid_collisions -= 1;
+            self.insert_foreign(id);
+        } else if self.chaos.roll(rate) {
             self.insert_foreign(id);
         }
         Ok(json!(id.to_string()))
@@ -664,6 +903,7 @@ impl State {
         json!({
             "nodes": nodes, "containers": cts, "tasks": tasks, "faults": self.faults,
             "task_fails": self.task_fails, "nextid_collisions": self.nextid_collisions,
+            "chaos": self.chaos.dump(),
         })
     }
 }
@@ -940,6 +1180,11 @@ pub(crate) async fn power(sim: &Arc<Sim>, node: &str, vmid: u32, action: Power, 
         }
         _ => {}
     }
+    // PVE takes the config lock in the API call itself, before forking the
+    // task: a lock timeout is an immediate 500.
+    if action != Power::Reboot && st.contended() {
+        return Err(lock_timeout(vmid));
+    }
     let kind = match action {
         Power::Start => "vzstart",
         Power::Stop => "vzstop",
@@ -975,6 +1220,9 @@ const READ_ONLY: [&str; 2] = ["unprivileged", "rootfs"];
 /// `PUT …/config`: waits for the lock, then applies synchronously.
 pub(crate) async fn update_config(sim: &Arc<Sim>, node: &str, vmid: u32, p: &Params) -> ApiResult {
     let mut st = wait_flock(sim, node, vmid).await?;
+    if st.contended() {
+        return Err(lock_timeout(vmid));
+    }
     let ct = st.ct_on(node, vmid)?;
     if let Some(l) = ct.lock_prop() {
         return Err(locked(&l));
@@ -1045,6 +1293,9 @@ pub(crate) async fn resize(sim: &Arc<Sim>, node: &str, vmid: u32, p: &Params, us
         }
     }
     let mut st = wait_flock(sim, node, vmid).await?;
+    if st.contended() {
+        return Err(lock_timeout(vmid));
+    }
     let ct = st.ct_on(node, vmid)?;
     if let Some(l) = ct.lock_prop() {
         return Err(locked(&l));
@@ -1129,6 +1380,11 @@ pub(crate) async fn destroy(sim: &Arc<Sim>, node: &str, vmid: u32, p: &Params, u
     check(st.ct_on(node, vmid)?)?;
     let upid = st.new_task(node, "vzdestroy", &vmid.to_string(), user);
     st.ct_on_mut(node, vmid)?.flock = Some(upid.clone());
+    // PVE takes the config lock inside the destroy task: contention makes
+    // the task fail and the container stays.
+    if st.contended() {
+        st.fail_task(&upid, lock_timeout(vmid).message);
+    }
     drop(st);
     let task = upid.clone();
     spawn_task(sim, upid.clone(), move |st, injected| {
@@ -1147,6 +1403,41 @@ pub(crate) async fn destroy(sim: &Arc<Sim>, node: &str, vmid: u32, p: &Params, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_hide_vmids_and_upids() {
+        assert_eq!(endpoint_of("/nodes/pve1/lxc/104/status/start"), "/nodes/pve1/lxc/{vmid}/status/start");
+        assert_eq!(endpoint_of("/nodes/pve1/tasks/UPID%3Apve1%3A0001%3A/status"), "/nodes/pve1/tasks/{upid}/status");
+        assert_eq!(endpoint_of("/cluster/nextid"), "/cluster/nextid");
+    }
+
+    #[test]
+    fn chaos_is_reproducible_and_rules_add_up() {
+        let rule = |prefix: &str, rate: f64| RateFault {
+            path_prefix: prefix.into(),
+            method: Some("POST".into()),
+            error_rate: rate,
+            status: 500,
+            reason: "x".into(),
+            after: false,
+        };
+        let mut a = Chaos::new();
+        a.rate_faults.push(rule("/nodes", 0.3));
+        a.latency.push(Latency { path_prefix: "/nodes".into(), method: None, latency_ms: 5 });
+        a.latency.push(Latency { path_prefix: "".into(), method: None, latency_ms: 7 });
+        let run = |c: &mut Chaos| {
+            c.reseed(9);
+            (0..200).map(|_| c.plan("POST", "/nodes/pve1/lxc").1.is_some()).collect::<Vec<_>>()
+        };
+        let first = run(&mut a);
+        assert_eq!(first, run(&mut a));
+        let hits = first.iter().filter(|h| **h).count();
+        assert!((30..=90).contains(&hits), "{hits} of 200 at 30%");
+        assert_eq!(a.plan("POST", "/nodes/x").0, Duration::from_millis(12));
+        assert_eq!(a.plan("GET", "/version"), (Duration::from_millis(7), None), "method and prefix filter");
+        a.clear();
+        assert_eq!(a.plan("POST", "/nodes/x"), (Duration::ZERO, None));
+    }
 
     #[test]
     fn dhcp_lines() {
