@@ -63,6 +63,16 @@ fn server(sim: &Sim, dns: &DnsDirs) -> TestServer {
     ]);
     let site = ["site", "add", "lab", "--subnet", "10.20.0.0/24", "--gateway", "10.20.0.1"];
     server.cli(&[&site[..], &["--domain", "cluster.internal", "--range", "10.20.0.10-10.20.0.50"]].concat(), None);
+    assert!(register_node(&server, sim).contains("stored encrypted"));
+    server.cli(&["plan", "add", "small", "--cores", "1", "--memory-mb", "512", "--disk-gb", "8"], None);
+    server.cli(&["group", "add", "students"], None);
+    server.cli(&["entitlement", "add", "students", "small"], None);
+    server
+}
+
+/// Registers the simulator as node `pve1` of site `lab` (certificate
+/// pinned); returns the CLI's output (which lists adopted containers).
+pub(crate) fn register_node(server: &TestServer, sim: &Sim) -> String {
     let node = [
         "node",
         "add",
@@ -85,11 +95,7 @@ fn server(sim: &Sim, dns: &DnsDirs) -> TestServer {
         "--disk-gb",
         "100",
     ];
-    assert!(server.cli(&node, Some(SECRET)).contains("stored encrypted"));
-    server.cli(&["plan", "add", "small", "--cores", "1", "--memory-mb", "512", "--disk-gb", "8"], None);
-    server.cli(&["group", "add", "students"], None);
-    server.cli(&["entitlement", "add", "students", "small"], None);
-    server
+    server.cli(&node, Some(SECRET))
 }
 
 /// Polls `check` every 200 ms for up to `limit`.
@@ -309,29 +315,7 @@ async fn registering_a_node_adopts_its_containers() {
     pve.wait_task(&upid, Duration::from_secs(5), Duration::from_millis(20)).await.expect("started");
 
     let server = server_without_node(&dns);
-    let node = [
-        "node",
-        "add",
-        "pve1",
-        "--site",
-        "lab",
-        "--url",
-        &sim.url,
-        "--token-id",
-        TOKEN_ID,
-        "--token-secret-stdin",
-        "--fingerprint",
-        &sim.fingerprint,
-        "--template",
-        TEMPLATE,
-        "--cores",
-        "16",
-        "--memory-mb",
-        "65536",
-        "--disk-gb",
-        "100",
-    ];
-    let out = server.cli(&node, Some(SECRET));
+    let out = register_node(&server, &sim);
     assert!(
         out.contains("adopted CT 120 as container ct120") && out.contains("adopted CT 121 as container ct121"),
         "{out}"
