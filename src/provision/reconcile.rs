@@ -131,8 +131,16 @@ impl Reconciler {
         self.write_dnsmasq().await;
         let containers = self.store.containers(false).await?;
         let listings = self.list_nodes(&containers).await?;
+        // Each CT's tags parsed once per pass: (node, container id) → entry.
+        let by_id: HashMap<(&str, String), &LxcStatus> = listings
+            .iter()
+            .flat_map(|(node, list)| {
+                list.iter()
+                    .filter_map(move |ct| Some(((node.as_str(), ct.tags().value(crate::proxmox::ID_TAG_PREFIX)?), ct)))
+            })
+            .collect();
         for c in containers {
-            if c.next_attempt > now || !self.needs_work(&c, &listings) {
+            if c.next_attempt > now || !Self::needs_work(&c, &listings, &by_id) {
                 continue;
             }
             {
@@ -184,17 +192,21 @@ impl Reconciler {
         Ok(listings)
     }
 
-    /// Whether the listing shows `c` differing from its desired state.
-    fn needs_work(&self, c: &Container, listings: &HashMap<String, Vec<LxcStatus>>) -> bool {
+    /// Whether the listing shows `c` differing from its desired state
+    /// (`by_id`: the listed CTs by node and the container id in their tag).
+    fn needs_work(
+        c: &Container,
+        listings: &HashMap<String, Vec<LxcStatus>>,
+        by_id: &HashMap<(&str, String), &LxcStatus>,
+    ) -> bool {
         if c.desired == Desired::Deleted {
             return true;
         }
         let Some(node) = &c.node else { return true };
-        let Some(list) = listings.get(node) else { return false };
-        let ours = |ct: &&LxcStatus| ct.tags().value(crate::proxmox::ID_TAG_PREFIX).as_deref() == Some(c.id.as_str());
-        let Some(ct) = list.iter().filter(ours).find(|ct| c.vmid.is_none_or(|v| i64::from(ct.vmid) == v)) else {
-            return true;
-        };
+        if !listings.contains_key(node) {
+            return false; // the node could not be listed: wait for the next pass
+        }
+        let Some(ct) = by_id.get(&(node.as_str(), c.id.clone())) else { return true };
         if c.vmid != Some(i64::from(ct.vmid)) || ct.lock.is_some() {
             return true;
         }
