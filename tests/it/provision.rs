@@ -73,6 +73,12 @@ fn server(sim: &Sim, dns: &DnsDirs) -> TestServer {
 /// Registers the simulator as node `pve1` of site `lab` (certificate
 /// pinned); returns the CLI's output (which lists adopted containers).
 pub(crate) fn register_node(server: &TestServer, sim: &Sim) -> String {
+    register_node_with(server, sim, ["16", "65536", "100"])
+}
+
+/// [`register_node`] with a capacity of [cores, memory MiB, disk GiB].
+pub(crate) fn register_node_with(server: &TestServer, sim: &Sim, capacity: [&str; 3]) -> String {
+    let [cores, memory_mb, disk_gb] = capacity;
     let node = [
         "node",
         "add",
@@ -89,11 +95,11 @@ pub(crate) fn register_node(server: &TestServer, sim: &Sim) -> String {
         "--template",
         TEMPLATE,
         "--cores",
-        "16",
+        cores,
         "--memory-mb",
-        "65536",
+        memory_mb,
         "--disk-gb",
-        "100",
+        disk_gb,
     ];
     server.cli(&node, Some(SECRET))
 }

@@ -25,7 +25,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::common::{BIN, TestServer};
-use crate::proxmox::{SECRET, Sim, TEMPLATE, TOKEN_ID};
+use crate::proxmox::Sim;
 
 /// A simulator, a server wired to it, and dnsmasq's two directories (the
 /// simulator reads leases from `dhcp`).
@@ -60,29 +60,7 @@ fn lab(grace_secs: &str) -> Lab {
     ]);
     let site = ["site", "add", "lab", "--subnet", "10.30.0.0/22", "--gateway", "10.30.0.1"];
     server.cli(&[&site[..], &["--domain", "cluster.internal", "--range", "10.30.0.10-10.30.3.250"]].concat(), None);
-    let node = [
-        "node",
-        "add",
-        "pve1",
-        "--site",
-        "lab",
-        "--url",
-        &sim.url,
-        "--token-id",
-        TOKEN_ID,
-        "--token-secret-stdin",
-        "--fingerprint",
-        &sim.fingerprint,
-        "--template",
-        TEMPLATE,
-        "--cores",
-        "4096",
-        "--memory-mb",
-        "1048576",
-        "--disk-gb",
-        "10000",
-    ];
-    server.cli(&node, Some(SECRET));
+    crate::provision::register_node_with(&server, &sim, ["4096", "1048576", "10000"]);
     server.cli(&["plan", "add", "tiny", "--cores", "1", "--memory-mb", "256", "--disk-gb", "1"], None);
     Lab { sim, server, _dns: dns, dhcp }
 }
