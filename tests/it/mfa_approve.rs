@@ -223,7 +223,8 @@ fn a_browser_enrolls_and_answers_ldap_binds() {
     // The token left the address bar (and the history) at once.
     assert_eq!(browser.eval("location.href"), json!(format!("{}/mfa/enroll", server.issuer())));
     // Web Push is on: the app offers notifications.
-    assert_eq!(browser.eval("document.getElementById('push-choice').hidden"), json!(false));
+    // (shown once the app has fetched the VAPID key: wait, bounded, rather than race it)
+    browser.wait("document.getElementById('push-choice').hidden === false");
     browser.step(json!({"cmd": "type", "selector": "#device-name", "text": "test browser"}));
     browser.step(json!({"cmd": "grant", "permissions": ["notifications"]}));
     browser.click("#enroll-button");
